@@ -1,0 +1,167 @@
+"""The best model as self-contained files that load without unpickling anything.
+
+    best/
+      model.safetensors   weights (tensors only: cannot run code)
+      model_config.json   ModelConfig
+      tokenizer.json      CharacterTokenizer state
+      metadata.json       val loss, step, data source, console defaults
+
+`load_model` also accepts a run folder (uses its best/) or a Lightning .ckpt, which is read with
+`torch.load(weights_only=True)` so a crafted pickle is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_model as load_safetensors_model
+from safetensors.torch import save_model as save_safetensors_model
+
+from tinyllm.io import write_atomic, write_atomic_with
+from tinyllm.model import ModelConfig, Transformer
+from tinyllm.tokenizer import CharacterTokenizer
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+METADATA_FILE = "metadata.json"
+ARTIFACT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, METADATA_FILE)
+BEST_DIR = "best"
+
+
+class ArtifactError(ValueError):
+    """A model path cannot be loaded; the message says which file and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    model: Transformer
+    tokenizer: CharacterTokenizer
+    metadata: dict = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def save_artifacts(
+    directory: str | Path, model: Transformer, tokenizer: CharacterTokenizer, metadata: dict
+) -> Path:
+    """Write the four files, each atomically; metadata last, so it never describes older weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomic_with(directory / WEIGHTS_FILE, lambda tmp: save_safetensors_model(model, tmp))
+    _write_json(directory / CONFIG_FILE, model.config.to_dict())
+    tokenizer.save_state(directory / TOKENIZER_FILE)
+    _write_json(directory / METADATA_FILE, {"format": "tinyllm.artifacts", "version": 1} | metadata)
+    return directory
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise ArtifactError(f"{path.name} is missing from {path.parent}: re-export or retrain")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is not valid JSON ({e}): the file is damaged") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"{path} must hold a JSON object")
+    return data
+
+
+def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    directory = Path(directory)
+    try:
+        config = ModelConfig.from_dict(_read_json(directory / CONFIG_FILE))
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ArtifactError):
+            raise
+        raise ArtifactError(f"{directory / CONFIG_FILE} is invalid: {e}") from None
+    try:
+        tokenizer = CharacterTokenizer.from_state_dict(_read_json(directory / TOKENIZER_FILE))
+    except ArtifactError:
+        raise
+    except ValueError as e:
+        raise ArtifactError(f"{directory / TOKENIZER_FILE} is invalid: {e}") from None
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ArtifactError(
+            f"{directory}: tokenizer has {tokenizer.vocab_size} characters but the model expects "
+            f"{config.vocab_size}: the files come from different runs"
+        )
+    metadata_path = directory / METADATA_FILE
+    metadata = _read_json(metadata_path) if metadata_path.exists() else {}
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ArtifactError(f"{WEIGHTS_FILE} is missing from {directory}: re-export or retrain")
+    model = Transformer(config)
+    try:
+        load_safetensors_model(model, weights, strict=True, device=str(device))
+    except (SafetensorError, RuntimeError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(
+            f"{weights} does not match {CONFIG_FILE} or is damaged ({first[:200]})"
+        ) from None
+    return LoadedModel(model.to(device).eval(), tokenizer, metadata, directory)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A Lightning .ckpt of a tinyllm run, loaded without executing any pickled code."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure here means "not a safe tinyllm checkpoint"
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise ArtifactError(
+            f"{path} cannot be loaded safely (weights_only=True refused or failed: {reason}); "
+            "use a best/ artifacts folder or a checkpoint written by tinyllm"
+        ) from None
+    try:
+        config = ModelConfig.from_dict(dict(checkpoint["hyper_parameters"]["model_config"]))
+        # Lightning stores a datamodule's state_dict under its class name
+        tokenizer = CharacterTokenizer.from_state_dict(checkpoint["CharDataModule"]["tokenizer"])
+        prefix = "model."
+        state = {
+            k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
+        }
+        model = Transformer(config)
+        model.load_state_dict(state, strict=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise ArtifactError(f"{path} is not a tinyllm checkpoint ({reason})") from None
+    metadata = {"step": checkpoint.get("global_step"), "source": "checkpoint"}
+    return LoadedModel(model.to(device).eval(), tokenizer, metadata, path)
+
+
+def find_latest_best(outputs_dir: str | Path = "outputs") -> Path:
+    """The best/ folder most recently written under `outputs_dir` (newest weights file wins)."""
+    outputs_dir = Path(outputs_dir)
+    candidates = list(outputs_dir.glob(f"**/{BEST_DIR}/{WEIGHTS_FILE}"))
+    if not candidates:
+        raise ArtifactError(
+            f"no trained model under {outputs_dir}/: run `python train.py` first or pass a path"
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent
+
+
+def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
+    """A best/ folder, a run folder (its best/), a .ckpt file, or None for the latest run."""
+    if path is None:
+        return load_artifacts(find_latest_best(), device)
+    path = Path(path).expanduser()
+    if path.is_file() and path.suffix == ".ckpt":
+        return load_checkpoint(path, device)
+    if path.is_dir():
+        if (path / WEIGHTS_FILE).exists() or (path / CONFIG_FILE).exists():
+            return load_artifacts(path, device)
+        if (path / BEST_DIR).is_dir():
+            return load_artifacts(path / BEST_DIR, device)
+    if not path.exists():
+        raise ArtifactError(f"model path {path} does not exist")
+    raise ArtifactError(
+        f"no model at {path}: pass a run folder, its best/ folder, or a .ckpt checkpoint"
+    )

@@ -1,0 +1,121 @@
+"""Schemas for the composed Hydra config, checked before anything expensive happens.
+
+The YAML under configs/ is the single source of values; these dataclasses only say what a value
+may be. `validate` turns every mistake into one `ConfigError` line that names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tinyllm.model import ModelConfig
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the key and what it may be."""
+
+
+@dataclass
+class TrainingConfig:
+    """The training recipe (the original design's TrainingConfig, plus optimiser and schedule)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    max_context: int = 128
+    gradient_clip: float = 1.0
+    val_split: float = 0.1
+    sample_frequency: int = 500
+    temperature: float = 0.8
+    console_max_tokens: int = 500
+    console_temperature: float = 0.8
+    console_top_k: int = 0
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    warmup_steps: int = 100
+    lr_decay_steps: int | None = None
+    min_lr_ratio: float = 0.1
+    val_interval: int = 250
+    sample_prompt: str = "\n"
+    sample_tokens: int = 200
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "max_context", "sample_frequency")
+        positive += ("console_max_tokens", "val_interval", "sample_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
+        if not 0.0 < self.val_split < 1.0:
+            raise ConfigError(
+                f"training.val_split must be strictly between 0 and 1 (e.g. 0.1), "
+                f"got {self.val_split}"
+            )
+        if self.gradient_clip < 0:
+            raise ConfigError(
+                f"training.gradient_clip must be >= 0 (0 turns clipping off), "
+                f"got {self.gradient_clip}"
+            )
+        for name in ("temperature", "console_temperature"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
+        if self.console_top_k < 0:
+            raise ConfigError(
+                f"training.console_top_k must be >= 0 (0 = off), got {self.console_top_k}"
+            )
+        if self.optimizer not in ("adam", "adamw"):
+            raise ConfigError(f"training.optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"training.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"training.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+
+def _one_line(error: Exception) -> str:
+    """OmegaConf errors carry a multi-line 'full_key/object_type' report; keep the first line."""
+    return str(error).strip().splitlines()[0]
+
+
+def validate(cfg: DictConfig) -> TrainingConfig:
+    """Check the composed config; return the typed training recipe."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainingConfig), cfg.training)
+        training = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        where = f"training.{key}" if key and not str(key).startswith("training") else key
+        raise ConfigError(f"invalid training config ({where}): {_one_line(e)}") from None
+    model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
+    model.pop("_target_", None)
+    model.setdefault("vocab_size", 1)  # filled from the tokenizer later
+    try:
+        ModelConfig.from_dict(model)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(_one_line(e)) from None
+    if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    return training
+
+
+def print_config_tree(cfg: DictConfig) -> None:
+    """The composed config as a Rich tree, one branch per top-level group."""
+    import rich
+    import rich.syntax
+    import rich.tree
+
+    tree = rich.tree.Tree("config", style="bold", guide_style="dim")
+    for key, value in cfg.items():
+        branch = tree.add(str(key), style="cyan", guide_style="dim")
+        is_group = isinstance(value, DictConfig)
+        text = OmegaConf.to_yaml(value, resolve=True) if is_group else str(value)
+        branch.add(rich.syntax.Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
+    rich.print(tree)

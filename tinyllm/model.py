@@ -1,0 +1,309 @@
+"""A small GPT-style transformer in plain PyTorch: no Lightning, no files, no tokenizer.
+
+    ids (B, T) -> token embedding + positional encoding -> N x Block -> LayerNorm -> logits (B,T,V)
+    Block: x + attn(ln1(x)), then x + mlp(ln2(x))                                       (pre-norm)
+
+`forward` takes an optional `KVCache` so that generation pays for one new position per token
+instead of re-running the whole context; `stream` is the one sampling loop every caller uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+POSITIONAL_ENCODINGS = ("learned", "sinusoidal")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 65
+    context_length: int = 128
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = True
+    positional: str = "learned"
+    tie_weights: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(
+                f"model.n_head={self.n_head} must divide model.n_embd={self.n_embd} "
+                f"(try n_head in {[h for h in range(1, 17) if self.n_embd % h == 0]})"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.positional not in POSITIONAL_ENCODINGS:
+            raise ValueError(
+                f"model.positional must be one of {POSITIONAL_ENCODINGS}, got {self.positional!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        if not isinstance(data, dict):
+            raise ValueError("model config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys: {unknown}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls.from_dict(json.loads(text))
+
+
+class KVCache:
+    """Keys and values of every layer for the positions seen so far, preallocated to the context."""
+
+    def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
+        shape = (config.n_layer, batch_size, config.n_head, config.context_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled
+        self.capacity = config.context_length
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store the new positions' k, v (B, H, T, D); return all k, v up to and including them."""
+        start, end = self.length, self.length + k.size(2)
+        self.keys[layer, :, :, start:end] = k
+        self.values[layer, :, :, start:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, H, T, D)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        dropout = self.dropout if self.training else 0.0
+        if cache is None or cache.length == 0:
+            if cache is not None:
+                cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        else:
+            past = cache.length
+            k, v = cache.update(layer, k, v)
+            # new position i (absolute past + i) may attend to every key at absolute <= past + i
+            mask = None
+            if T > 1:
+                mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.attn(self.ln1(x), cache, layer)
+        return x + self.mlp(self.ln2(x))
+
+
+def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
+    """The fixed sin/cos table of 'Attention Is All You Need': (length, dim)."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    frequency = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(length, dim)
+    table[:, 0::2] = torch.sin(position * frequency)
+    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
+    return table
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        if config.positional == "learned":
+            self.position_embedding = nn.Embedding(config.context_length, config.n_embd)
+        else:
+            table = sinusoidal_encoding(config.context_length, config.n_embd)
+            self.register_buffer("position_table", table, persistent=False)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_weights:
+            self.lm_head.weight = self.token_embedding.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the residual projections so the residual stream's variance does not grow
+        # with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int = 1) -> KVCache:
+        weight = self.token_embedding.weight
+        return KVCache(self.config, batch_size, weight.device, weight.dtype)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits (B, T, vocab) for ids (B, T); with a cache, `idx` continues its positions."""
+        B, T = idx.shape
+        start = cache.length if cache is not None else 0
+        if start + T > self.config.context_length:
+            raise ValueError(
+                f"sequence of {start + T} positions exceeds the context length "
+                f"{self.config.context_length}"
+            )
+        positions = torch.arange(start, start + T, device=idx.device)
+        if self.config.positional == "learned":
+            pos = self.position_embedding(positions)
+        else:
+            pos = self.position_table[positions].to(self.token_embedding.weight.dtype)
+        x = self.dropout(self.token_embedding(idx) + pos)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.length += T
+        return self.lm_head(self.ln_f(x))
+
+    @torch.no_grad()
+    def stream(
+        self,
+        prompt_ids: Sequence[int] | torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[int]:
+        """Yield new token ids one at a time.
+
+        The model sees at most `context_length` tokens. When the window is full it slides:
+        the cache is rebuilt from the last half of the window, so each new token costs one
+        position's work and a refill only every `context_length / 2` tokens. `use_cache=False`
+        recomputes the same windows from scratch (for checking and benchmarking).
+        """
+        ids = prompt_ids.tolist() if isinstance(prompt_ids, torch.Tensor) else list(prompt_ids)
+        if not ids:
+            raise ValueError("the prompt must hold at least one token")
+        window_size = self.config.context_length
+        keep = max(1, window_size // 2)
+        device = self.token_embedding.weight.device
+        was_training = self.training
+        self.eval()
+        try:
+            window = ids[-window_size:]
+            cache = self.new_cache() if use_cache else None
+            fresh = window  # tokens the cache has not seen yet
+            for _ in range(max_new_tokens):
+                if cache is None:
+                    logits = self(torch.tensor([window], device=device))
+                else:
+                    logits = self(torch.tensor([fresh], device=device), cache)
+                token = sample_next_token(logits[0, -1], temperature, top_k, top_p, generator)
+                yield token
+                if len(window) == window_size:
+                    window = window[-(keep - 1) :] + [token] if keep > 1 else [token]
+                    fresh = window
+                    if cache is not None:
+                        cache = self.new_cache()
+                else:
+                    window = window + [token]
+                    fresh = [token]
+        finally:
+            self.train(was_training)
+
+    def generate(
+        self,
+        prompt_ids: Sequence[int] | torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> list[int]:
+        """The `max_new_tokens` ids sampled after the prompt (the prompt is not repeated)."""
+        return list(
+            self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator=generator)
+        )
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> int:
+    """Draw one id from a 1-D logits vector; temperature 0 means greedy."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    logits = logits.float()
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    if top_p is not None and 0.0 < top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (always at least the top token)
+        outside = sorted_probs.cumsum(0) - sorted_probs >= top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=generator))

@@ -1,0 +1,122 @@
+"""One training run from a composed config: build everything by instantiation, fit, report."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tinyllm.callbacks import BestArtifactsCallback
+from tinyllm.config import ConfigError, print_config_tree, validate
+from tinyllm.data import CharDataModule
+
+log = logging.getLogger(__name__)
+
+MIN_FREE_BYTES = 100 * 2**20
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return "litlogger" not in str(record.msg)
+
+
+def route_lightning_logs_to_root() -> None:
+    """Lightning installs its own console handlers at import; send its records to the run's
+    handlers (console and train.log) instead, without its sales tips."""
+    for name in ("lightning", "lightning.pytorch"):
+        lightning_logger = logging.getLogger(name)
+        for handler in list(lightning_logger.handlers):
+            lightning_logger.removeHandler(handler)
+        lightning_logger.propagate = True
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")
+
+
+def check_output_dir(path: Path) -> None:
+    """Fail before training, not after an hour, if the run folder cannot take our files."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise ConfigError(
+            f"output folder {path} is not writable ({e.strerror}): set hydra.run.dir to a "
+            "writable folder"
+        ) from None
+    free = shutil.disk_usage(path).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"only {free // 2**20} MiB free at {path}: free some disk space or set "
+            "hydra.run.dir elsewhere"
+        )
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Every `_target_` entry of a group like callbacks/ or logger/ (null entries are off)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train as configured; return the best monitored validation loss (for sweepers)."""
+    validate(cfg)
+    route_lightning_logs_to_root()
+    output_dir = Path(cfg.paths.output_dir)
+    check_output_dir(output_dir)
+    if cfg.get("print_config", True):
+        print_config_tree(cfg)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    L.seed_everything(cfg.seed, workers=True)
+
+    datamodule: CharDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
+
+    model_config = instantiate(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
+    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    log.info(
+        "model: %d layers, %d heads, %d wide, context %d, %s parameters",
+        model_config.n_layer,
+        model_config.n_head,
+        model_config.n_embd,
+        model_config.context_length,
+        f"{module.model.num_parameters():,}",
+    )
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+
+    best = next((c for c in callbacks if isinstance(c, BestArtifactsCallback)), None)
+    best_score = best.best_score if best else None
+    if trainer.is_global_zero:
+        report(output_dir, best)
+    return best_score
+
+
+def _shown(path: Path) -> str:
+    """A path as short as it can be said from the current folder."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def report(output_dir: Path, best: BestArtifactsCallback | None) -> None:
+    if best is None:
+        log.info("run finished; outputs in %s", _shown(output_dir))
+        return
+    score = "n/a" if best.best_score is None else f"{best.best_score:.4f}"
+    log.info("best val/loss %s; model artifacts in %s", score, _shown(best.dirpath))
+    log.info("chat with it:   python chat.py %s", _shown(best.dirpath))
+    log.info("watch curves:   tensorboard --logdir %s", _shown(output_dir))
