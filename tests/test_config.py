@@ -1,0 +1,232 @@
+"""The Hydra configs: every group option composes, resolves, validates and instantiates; invalid
+values stop with one line naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import lightning as L
+import pytest
+from conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, run_train
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import (
+    EarlyStopping,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import OmegaConf
+
+from tinyllm.callbacks import BestArtifactsCallback, SampleTextCallback
+from tinyllm.config import ConfigError, TrainingConfig, print_config_tree, validate
+from tinyllm.data import CharDataModule
+from tinyllm.model import ModelConfig
+from tinyllm.module import LanguageModel
+from tinyllm.training import instantiate_group
+
+GROUPS = ("model", "data", "training", "trainer", "callbacks", "logger", "paths", "module")
+GROUPS += ("experiment", "hydra")
+OPTIONS = sorted(
+    f"{group}={path.stem}" for group in GROUPS for path in (CONFIG_DIR / group).glob("*.yaml")
+)
+
+
+def test_every_group_has_its_options():
+    for option in ("model=tiny", "model=small", "model=medium", "trainer=default", "trainer=cpu",
+                   "trainer=gpu", "callbacks=default", "callbacks=none", "logger=tensorboard",
+                   "logger=none", "experiment=smoke", "experiment=shakespeare_gpu",
+                   "data=shakespeare", "hydra=default", "paths=default"):  # fmt: skip
+        assert option in OPTIONS
+
+
+def check_interpolations(cfg, output_dir) -> None:
+    training = cfg.training
+    assert cfg.paths.output_dir == str(output_dir)
+    assert cfg.data.batch_size == training.batch_size
+    assert cfg.data.max_context == training.max_context
+    assert cfg.data.val_split == training.val_split
+    assert cfg.data.seed == cfg.seed
+    assert cfg.model.context_length == training.max_context
+    assert cfg.trainer.gradient_clip_val == training.gradient_clip
+    assert cfg.trainer.max_epochs == training.epochs
+    assert cfg.trainer.val_check_interval == training.val_interval
+    assert cfg.trainer.default_root_dir == str(output_dir)
+    assert cfg.module.learning_rate == training.learning_rate
+    assert cfg.module.optimizer == training.optimizer
+    assert list(cfg.module.betas) == list(training.betas)
+    callbacks = cfg.callbacks or {}
+    if "best_artifacts" in callbacks:
+        assert callbacks.best_artifacts.dirpath == f"{output_dir}/best"
+        assert callbacks.best_artifacts.console_max_tokens == training.console_max_tokens
+        assert callbacks.best_artifacts.console_temperature == training.console_temperature
+        assert callbacks.best_artifacts.console_top_k == training.console_top_k
+    if "model_checkpoint" in callbacks:
+        assert callbacks.model_checkpoint.dirpath == f"{output_dir}/checkpoints"
+    if "sample_text" in callbacks:
+        assert callbacks.sample_text.every_n_steps == training.sample_frequency
+        assert callbacks.sample_text.temperature == training.temperature
+    if cfg.get("logger") and "tensorboard" in cfg.logger:
+        assert cfg.logger.tensorboard.save_dir == str(output_dir)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_option_composes_resolves_validates_and_instantiates(option, tmp_path):
+    cfg = compose_config([option], output_dir=tmp_path)
+    # every interpolation resolves (including ${hydra:runtime.output_dir})
+    container = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert container["paths"]["output_dir"] == str(tmp_path)
+    check_interpolations(cfg, tmp_path)
+
+    training = validate(cfg)
+    assert isinstance(training, TrainingConfig)
+    assert dataclasses.asdict(training) == OmegaConf.to_container(cfg.training, resolve=True)
+
+    model_config = instantiate(cfg.model, vocab_size=65)
+    assert isinstance(model_config, ModelConfig)
+    assert model_config.context_length == cfg.training.max_context
+    assert isinstance(instantiate(cfg.data), CharDataModule)
+    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    assert isinstance(module, LanguageModel)
+    assert module.hparams.learning_rate == cfg.training.learning_rate
+
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    assert len(callbacks) == len(cfg.callbacks or {})
+    assert len(loggers) == len(cfg.get("logger") or {})
+    if cfg.trainer.accelerator != "gpu":  # no GPU here: a gpu Trainer cannot be built
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+        assert isinstance(trainer, L.Trainer)
+        assert trainer.max_steps == cfg.trainer.max_steps
+        assert trainer.gradient_clip_val == cfg.training.gradient_clip
+
+
+def test_default_callbacks_and_logger(tmp_path):
+    cfg = compose_config([], output_dir=tmp_path)
+    callbacks = {type(c) for c in instantiate_group(cfg.callbacks)}
+    assert callbacks == {ModelCheckpoint, EarlyStopping, LearningRateMonitor, RichProgressBar,
+                         SampleTextCallback, BestArtifactsCallback}  # fmt: skip
+    checkpoint = next(c for c in instantiate_group(cfg.callbacks) if type(c) is ModelCheckpoint)
+    assert checkpoint.monitor == "val/loss" and checkpoint.save_last
+    assert checkpoint.dirpath == str(tmp_path / "checkpoints")
+    (logger,) = instantiate_group(cfg.logger)
+    assert isinstance(logger, TensorBoardLogger)
+    assert Path(logger.log_dir) == tmp_path / "tensorboard"
+
+
+def test_none_options_are_empty(tmp_path):
+    assert instantiate_group(compose_config(["callbacks=none"], tmp_path).callbacks) == []
+    assert instantiate_group(compose_config(["logger=none"], tmp_path).get("logger")) == []
+
+
+def test_model_sizes(tmp_path):
+    def size(option):
+        model = compose_config([option], tmp_path).model
+        return model.n_layer, model.n_head, model.n_embd
+
+    tiny, small, medium = size("model=tiny"), size("model=small"), size("model=medium")
+    assert tiny[0] < small[0] < medium[0] and tiny[2] < small[2] < medium[2]
+    assert medium == (6, 6, 384)
+
+
+def test_gpu_experiment_is_nanogpt_shakespeare_char_scale(tmp_path):
+    cfg = compose_config(["experiment=shakespeare_gpu"], tmp_path)
+    model = cfg.model
+    assert (model.n_layer, model.n_head, model.n_embd, model.context_length) == (6, 6, 384, 256)
+    assert cfg.trainer.accelerator == "gpu"
+    validate(cfg)
+
+
+def test_smoke_experiment_overrides_the_defaults(tmp_path):
+    default = compose_config([], tmp_path)
+    smoke = compose_config(["experiment=smoke"], tmp_path)
+    assert smoke.model.n_layer == compose_config(["model=tiny"], tmp_path).model.n_layer
+    assert smoke.trainer.max_steps < default.trainer.max_steps
+    assert smoke.data.batch_size == smoke.training.batch_size != default.training.batch_size
+
+
+def test_command_line_style_overrides_reach_every_reader(tmp_path):
+    cfg = compose_config(
+        ["training.batch_size=7", "training.max_context=20", "training.gradient_clip=0.5",
+         "training.optimizer=adamw", "seed=5"],
+        tmp_path,
+    )  # fmt: skip
+    assert cfg.data.batch_size == 7
+    assert cfg.data.max_context == cfg.model.context_length == 20
+    assert cfg.trainer.gradient_clip_val == 0.5
+    assert cfg.module.optimizer == "adamw"
+    assert cfg.data.seed == 5 and cfg.callbacks.sample_text.seed == 5
+    assert validate(cfg).optimizer == "adamw"
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("training.learning_rate=-1", "training.learning_rate"),
+        ("training.learning_rate=0", "training.learning_rate"),
+        ("training.learning_rate=fast", "training.learning_rate"),
+        ("training.val_split=0", "training.val_split"),
+        ("training.val_split=1", "training.val_split"),
+        ("training.val_split=-0.1", "training.val_split"),
+        ("training.batch_size=0", "training.batch_size"),
+        ("training.epochs=2.5", "training.epochs"),
+        ("training.gradient_clip=-1", "training.gradient_clip"),
+        ("training.optimizer=sgd", "training.optimizer"),
+        ("training.betas=[0.9]", "training.betas"),
+        ("training.console_top_k=-1", "training.console_top_k"),
+        ("+training.foo=1", "training.foo"),
+        ("model.n_head=3", "model.n_head"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.positional=rotary", "model.positional"),
+        ("seed=abc", "seed"),
+    ],
+)
+def test_invalid_values_raise_one_line_naming_the_key(override, key, tmp_path):
+    cfg = compose_config([override], tmp_path)
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert key in message
+    assert "\n" not in message.strip()
+
+
+def test_n_head_must_divide_the_width(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.n_head=3 must divide model\.n_embd=128"):
+        validate(compose_config(["model=small", "model.n_head=3"], tmp_path))
+    validate(compose_config(["model=small", "model.n_head=8"], tmp_path))  # 128 / 8 is fine
+
+
+def test_invalid_value_on_the_command_line_stops_with_one_line(tmp_path, corpus_file):
+    run_dir = tmp_path / "run"
+    result = run_train(
+        *TINY_OVERRIDES, f"data.path={corpus_file}", f"hydra.run.dir={run_dir}",
+        "training.learning_rate=-1",
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "ERROR" in line or "error" in line]
+    assert len(errors) == 1, output
+    assert "training.learning_rate must be > 0, got -1.0" in errors[0]
+    # stopped before training: nothing was trained or saved
+    assert not (run_dir / "best").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_misspelled_key_fails_with_hydras_message(tmp_path):
+    result = run_train("training.lerning_rate=1", f"hydra.run.dir={tmp_path / 'run'}")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Key 'lerning_rate' is not in struct" in output
+    assert "training.lerning_rate" in output
+    assert "Traceback" not in output
+
+
+def test_config_tree_is_printed_resolved(tmp_path, capsys):
+    cfg = compose_config(["training.learning_rate=0.0042"], tmp_path)
+    print_config_tree(cfg)
+    out = capsys.readouterr().out
+    for group in ("paths", "data", "model", "module", "training", "trainer", "callbacks"):
+        assert group in out
+    assert "learning_rate: 0.0042" in out
+    assert "output_dir: /" in out and "${" not in out  # interpolations shown resolved

@@ -1,0 +1,220 @@
+"""The plain-PyTorch Transformer: shapes, causality, config, KV cache, sampling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tinyllm.model import ModelConfig, Transformer, sample_next_token
+
+VOCAB = 23
+
+
+def build(seed: int = 0, **overrides) -> Transformer:
+    config = ModelConfig(
+        **({"vocab_size": VOCAB, "context_length": 16, "n_layer": 2, "n_head": 2, "n_embd": 16}
+           | overrides)
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    return Transformer(config).eval()
+
+
+def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+VARIANTS = [
+    pytest.param({}, id="learned"),
+    pytest.param({"positional": "sinusoidal"}, id="sinusoidal"),
+    pytest.param({"tie_weights": True}, id="tied"),
+    pytest.param({"positional": "sinusoidal", "tie_weights": True, "bias": False}, id="sin-tied"),
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_output_shape(variant):
+    model = build(**variant)
+    for batch, length in [(1, 1), (3, 7), (2, 16)]:
+        logits = model(random_ids(batch, length))
+        assert logits.shape == (batch, length, VOCAB)
+        assert logits.dtype == torch.float32
+        assert torch.isfinite(logits).all()
+
+
+def test_longer_than_context_is_refused():
+    with pytest.raises(ValueError, match="17 positions exceeds the context length 16"):
+        build()(random_ids(1, 17))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_causality(variant):
+    """Changing token t changes no logits before t, and does change those from t on."""
+    model = build(**variant)
+    ids = random_ids(2, 16)
+    reference = model(ids)
+    for t in (0, 5, 15):
+        changed = ids.clone()
+        changed[:, t] = (changed[:, t] + 1) % VOCAB
+        logits = model(changed)
+        torch.testing.assert_close(logits[:, :t], reference[:, :t], rtol=0, atol=1e-6)
+        assert (logits[:, t] - reference[:, t]).abs().max() > 1e-4
+
+
+def test_positions_matter():
+    """Both encodings make the model position-aware: a repeated token gets different logits."""
+    for positional in ("learned", "sinusoidal"):
+        model = build(positional=positional)
+        logits = model(torch.full((1, 8), 3))
+        assert (logits[0, 0] - logits[0, 7]).abs().max() > 1e-4
+
+
+def test_tie_weights_shares_the_embedding():
+    tied = build(tie_weights=True)
+    assert tied.lm_head.weight is tied.token_embedding.weight
+    untied = build()
+    assert untied.lm_head.weight is not untied.token_embedding.weight
+    shared = VOCAB * 16
+    assert untied.num_parameters() - tied.num_parameters() == shared
+
+
+def test_sinusoidal_has_no_position_parameters():
+    learned, sinusoidal = build(), build(positional="sinusoidal")
+    assert "position_embedding.weight" in learned.state_dict()
+    assert not any("position" in name for name in sinusoidal.state_dict())
+    assert learned.num_parameters() - sinusoidal.num_parameters() == 16 * 16
+
+
+def test_model_config_json_round_trip():
+    config = ModelConfig(
+        vocab_size=77, context_length=64, n_layer=3, n_head=6, n_embd=48, dropout=0.1,
+        bias=False, positional="sinusoidal", tie_weights=True,
+    )  # fmt: skip
+    text = config.to_json()
+    assert json.loads(text) == config.to_dict()
+    assert json.loads(text)["n_head"] == 6
+    restored = ModelConfig.from_json(text)
+    assert restored == config
+    assert restored.head_dim == 8
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"n_head": 3, "n_embd": 128}, r"model\.n_head=3 must divide model\.n_embd=128"),
+        ({"n_layer": 0}, r"model\.n_layer must be a positive integer"),
+        ({"vocab_size": -1}, r"model\.vocab_size must be a positive integer"),
+        ({"n_embd": 32.0}, r"model\.n_embd must be a positive integer"),
+        ({"context_length": True}, r"model\.context_length must be a positive integer"),
+        ({"dropout": 1.0}, r"model\.dropout must be in \[0, 1\)"),
+        ({"dropout": -0.1}, r"model\.dropout must be in \[0, 1\)"),
+        ({"positional": "rotary"}, r"model\.positional must be one of"),
+    ],
+)
+def test_model_config_validation(changes, match):
+    with pytest.raises(ValueError, match=match) as info:
+        ModelConfig(**changes)
+    assert "\n" not in str(info.value)
+
+
+def test_model_config_from_dict_refuses_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown model config keys: \['n_heads'\]"):
+        ModelConfig.from_dict({"n_heads": 4})
+    with pytest.raises(ValueError, match="JSON object"):
+        ModelConfig.from_json("[1, 2]")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kv_cache_matches_full_forward(variant):
+    model = build(**variant)
+    ids = random_ids(2, 16)
+    full = model(ids)
+    cache = model.new_cache(batch_size=2)
+    pieces = [model(ids[:, :5], cache)]  # prompt at once
+    pieces.append(model(ids[:, 5:8], cache))  # a chunk of three (masked attention path)
+    for t in range(8, 16):  # then one token at a time
+        pieces.append(model(ids[:, t : t + 1], cache))
+    assert cache.length == 16
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="exceeds the context length"):
+        model(ids[:, :1], cache)
+
+
+def test_generate_returns_the_requested_number_of_ids():
+    model = build()
+    for n in (1, 10, 40):  # 40 > context 16: the window slides
+        out = model.generate([1, 2, 3], max_new_tokens=n, temperature=1.0)
+        assert len(out) == n
+        assert all(isinstance(i, int) and 0 <= i < VOCAB for i in out)
+    with pytest.raises(ValueError, match="at least one token"):
+        model.generate([], 5)
+
+
+def test_generate_is_reproducible_with_a_seeded_generator():
+    model = build()
+
+    def draw(seed: int) -> list[int]:
+        generator = torch.Generator().manual_seed(seed)
+        return model.generate(torch.tensor([4, 5]), 60, 1.5, generator=generator)
+
+    assert draw(3) == draw(3)
+    assert draw(3) != draw(4)
+
+
+def test_greedy_is_deterministic_and_takes_the_argmax():
+    model = build()
+    prompt = [1, 2, 3]
+    first = model.generate(prompt, 30, temperature=0.0)
+    assert first == model.generate(prompt, 30, temperature=0.0)
+    # the first greedy token is the argmax of the full forward pass
+    assert first[0] == int(model(torch.tensor([prompt]))[0, -1].argmax())
+    # and each next one continues the sequence the same way (window not yet full)
+    sequence = prompt + first[:10]
+    logits = model(torch.tensor([sequence]))[0]
+    assert first[1:11] == logits[len(prompt) : len(prompt) + 10].argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cached_and_uncached_generation_agree_past_the_context(variant):
+    model = build(**variant)
+    with_cache = list(model.stream([7, 8, 9], 50, temperature=0.0))
+    without = list(model.stream([7, 8, 9], 50, temperature=0.0, use_cache=False))
+    assert with_cache == without and len(with_cache) == 50
+
+
+def test_generation_leaves_training_mode_as_it_was():
+    model = build(dropout=0.1).train()
+    model.generate([1], 3)
+    assert model.training
+
+
+def _draws(logits, n=600, **kwargs) -> set[int]:
+    generator = torch.Generator().manual_seed(0)
+    return {sample_next_token(logits, generator=generator, **kwargs) for _ in range(n)}
+
+
+def test_sample_next_token_top_k_restricts_the_support():
+    logits = torch.tensor([0.1, 2.0, -1.0, 1.9, 0.0, 1.8, -3.0])
+    assert _draws(logits, n=3000) == set(range(7))
+    assert _draws(logits, top_k=3) == {1, 3, 5}
+    assert _draws(logits, top_k=1) == {1}
+    assert _draws(logits, top_k=100) == _draws(logits)  # k above the vocabulary: no limit
+
+
+def test_sample_next_token_top_p_restricts_the_support():
+    probs = torch.tensor([0.05, 0.5, 0.1, 0.3, 0.05])
+    logits = probs.log()
+    assert _draws(logits, n=2000) == {0, 1, 2, 3, 4}
+    assert _draws(logits, top_p=0.6) == {1, 3}  # 0.5 < 0.6 <= 0.5 + 0.3
+    assert _draws(logits, top_p=0.85) == {1, 2, 3}  # 0.8 < 0.85 <= 0.9
+    assert _draws(logits, top_p=0.3) == {1}  # the top token alone already covers it
+    assert _draws(logits, top_p=0.85, top_k=2) == {1, 3}  # both limits apply
+
+
+def test_sample_next_token_temperature():
+    logits = torch.tensor([0.0, 3.0, 1.0])
+    assert sample_next_token(logits, temperature=0.0) == 1
+    assert _draws(logits, n=50, temperature=1e-4) == {1}  # nearly greedy
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        sample_next_token(logits, temperature=-1.0)

@@ -1,0 +1,147 @@
+"""The LightningModule: schedule, optimiser groups, metrics, and a real short fit."""
+
+from __future__ import annotations
+
+import math
+from itertools import pairwise
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyllm.data import CharDataModule
+from tinyllm.module import LanguageModel, warmup_cosine
+
+
+def tiny_model_config(vocab_size: int, **overrides) -> dict:
+    return {
+        "vocab_size": vocab_size, "context_length": 32, "n_layer": 1, "n_head": 2, "n_embd": 32,
+    } | overrides  # fmt: skip
+
+
+def test_warmup_cosine_shape():
+    warmup, decay, floor = 10, 110, 0.1
+    values = [warmup_cosine(step, warmup, decay, floor) for step in range(200)]
+    # linear rise during warmup, reaching 1 on its last step
+    assert values[0] == pytest.approx(1 / warmup)
+    assert all(b > a for a, b in pairwise(values[:warmup]))
+    assert values[warmup - 1] == pytest.approx(1.0)
+    assert values[warmup] == pytest.approx(1.0)
+    # cosine decay: never rising, half way down at the middle, the floor at the end and after
+    decaying = values[warmup : decay + 1]
+    assert all(b <= a for a, b in pairwise(decaying))
+    assert values[(warmup + decay) // 2] == pytest.approx((1.0 + floor) / 2)
+    assert values[decay] == pytest.approx(floor)
+    assert values[decay:] == [floor] * (200 - decay)
+    assert min(values) == pytest.approx(floor)
+    # no warmup: full rate from the first step
+    assert warmup_cosine(0, 0, 100, floor) == pytest.approx(1.0)
+
+
+@pytest.fixture
+def datamodule(corpus_file) -> CharDataModule:
+    dm = CharDataModule(
+        path=str(corpus_file), max_context=32, batch_size=16, val_split=0.1, max_val_windows=20
+    )
+    dm.setup("fit")
+    return dm
+
+
+def mean_loss(module: LanguageModel, batches) -> float:
+    """Cross-entropy per token over `batches`, computed here independently of the module."""
+    module.eval()
+    with torch.no_grad():
+        total = sum(
+            F.cross_entropy(module(x).flatten(0, 1), y.flatten(), reduction="sum").item()
+            for x, y in batches
+        )
+    module.train()
+    return total / sum(y.numel() for _, y in batches)
+
+
+def fit(module: LanguageModel, dm: CharDataModule, max_steps: int) -> L.Trainer:
+    trainer = L.Trainer(
+        max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_real_fit_learns_with_the_selected_optimizer(datamodule, name, cls):
+    L.seed_everything(0)
+    lr, floor, steps = 3e-3, 0.1, 20
+    module = LanguageModel(
+        tiny_model_config(datamodule.tokenizer.vocab_size),
+        optimizer=name, learning_rate=lr, weight_decay=0.1, warmup_steps=3, min_lr_ratio=floor,
+    )  # fmt: skip
+    fixed = [next(iter(datamodule.train_dataloader())), *datamodule.val_dataloader()]
+    before = mean_loss(module, fixed)
+    assert before == pytest.approx(math.log(datamodule.tokenizer.vocab_size), rel=0.05)
+
+    trainer = fit(module, datamodule, steps)
+    assert trainer.global_step == steps
+    after = mean_loss(module, fixed)
+    assert after < before - 0.3, (before, after)
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+    optimizer = trainer.optimizers[0]
+    assert type(optimizer) is cls
+    assert module.hparams.optimizer == name
+    # weight decay on matrices only, every parameter in exactly one group
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert decay["params"] and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["params"] and all(p.dim() < 2 for p in no_decay["params"])
+    grouped = [id(p) for p in decay["params"] + no_decay["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in module.model.parameters())
+    assert module.model.token_embedding.weight in decay["params"]
+    assert module.model.blocks[0].ln1.weight in no_decay["params"]
+    # warmup + cosine over the run's max_steps: the floor is reached on the last step
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lr * floor)
+    # `lr` is logged as the rate of the last step
+    assert float(trainer.callback_metrics["lr"]) == pytest.approx(
+        lr * warmup_cosine(steps - 1, 3, steps, floor)
+    )
+
+
+def test_tied_weights_are_one_decayed_parameter(datamodule):
+    module = LanguageModel(
+        tiny_model_config(datamodule.tokenizer.vocab_size, tie_weights=True),
+        weight_decay=0.1,
+        lr_decay_steps=50,  # a fixed horizon: no trainer needed
+    )
+    config = module.configure_optimizers()
+    decay, no_decay = config["optimizer"].param_groups
+    tied = module.model.token_embedding.weight
+    assert sum(p is tied for p in decay["params"]) == 1
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(module.model.parameters()))
+    scheduler = config["lr_scheduler"]
+    assert scheduler["interval"] == "step" and scheduler["name"] == "lr"
+
+
+def test_validation_logs_loss_and_bits_per_character(datamodule):
+    L.seed_everything(0)
+    module = LanguageModel(tiny_model_config(datamodule.tokenizer.vocab_size))
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    (metrics,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    expected = mean_loss(module, list(datamodule.val_dataloader()))
+    assert metrics["val/loss"] == pytest.approx(expected, rel=1e-4)
+    assert metrics["val/bpc"] == pytest.approx(metrics["val/loss"] / math.log(2), rel=1e-5)
+
+
+def test_hyperparameters_are_saved_as_plain_data():
+    module = LanguageModel(tiny_model_config(10), optimizer="adamw", betas=(0.8, 0.9))
+    hp = dict(module.hparams)
+    assert hp["model_config"] == tiny_model_config(10)
+    assert hp["optimizer"] == "adamw" and hp["betas"] == [0.8, 0.9]
+    assert type(hp["model_config"]) is dict and type(hp["betas"]) is list
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="training.optimizer must be one of"):
+        LanguageModel(tiny_model_config(10), optimizer="sgd")
