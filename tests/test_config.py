@@ -24,6 +24,7 @@ from tinyllm.config import ConfigError, TrainingConfig, print_config_tree, valid
 from tinyllm.data import CharDataModule
 from tinyllm.model import ModelConfig
 from tinyllm.module import LanguageModel
+from tinyllm.monitoring import ProgressBar, TensorBoardExtras
 from tinyllm.training import instantiate_group
 
 GROUPS = ("model", "data", "training", "trainer", "callbacks", "logger", "paths", "module")
@@ -105,8 +106,9 @@ def test_every_option_composes_resolves_validates_and_instantiates(option, tmp_p
 def test_default_callbacks_and_logger(tmp_path):
     cfg = compose_config([], output_dir=tmp_path)
     callbacks = {type(c) for c in instantiate_group(cfg.callbacks)}
-    assert callbacks == {ModelCheckpoint, EarlyStopping, LearningRateMonitor, RichProgressBar,
-                         SampleTextCallback, BestArtifactsCallback}  # fmt: skip
+    assert callbacks == {ModelCheckpoint, EarlyStopping, LearningRateMonitor, ProgressBar,
+                         SampleTextCallback, BestArtifactsCallback, TensorBoardExtras}  # fmt: skip
+    assert issubclass(ProgressBar, RichProgressBar)
     checkpoint = next(c for c in instantiate_group(cfg.callbacks) if type(c) is ModelCheckpoint)
     assert checkpoint.monitor == "val/loss" and checkpoint.save_last
     assert checkpoint.dirpath == str(tmp_path / "checkpoints")

@@ -62,9 +62,19 @@ def save_artifacts(
     return directory
 
 
+def _check_inside(path: Path) -> None:
+    """A model folder's files are its own: a link that leads out of the folder is not followed."""
+    if path.is_symlink() and path.parent.resolve() not in path.resolve().parents:
+        raise ArtifactError(
+            f"{path} links outside its model folder (to {path.resolve()}); refusing to follow it: "
+            "copy the file into the folder if you trust it"
+        )
+
+
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise ArtifactError(f"{path.name} is missing from {path.parent}: re-export or retrain")
+    _check_inside(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -74,10 +84,63 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+# JSON types the loaders accept: a file with a string where a number belongs is refused with
+# ArtifactError here, not deep inside torch or the console.
+_CONFIG_TYPES = {"vocab_size": int, "context_length": int, "n_layer": int, "n_head": int,
+                 "n_embd": int, "dropout": (int, float), "bias": bool, "positional": str,
+                 "tie_weights": bool}  # fmt: skip
+_METADATA_TYPES = {"val_loss": (int, float), "val_bpc": (int, float), "step": int, "epoch": int,
+                   "train_loss": (int, float), "data_source": str, "created": str,
+                   "console": dict, "format": str, "version": int}  # fmt: skip
+_CONSOLE_RANGES = {"max_tokens": (int, 1, 10**7), "temperature": ((int, float), 0, 100),
+                   "top_k": (int, 0, 10**7)}  # fmt: skip
+
+
+def _type_error(path: Path, key: str, value: object, expected) -> ArtifactError:
+    names = expected if isinstance(expected, tuple) else (expected,)
+    wanted = " or ".join("number" if t is float else t.__name__ for t in names if t is not int)
+    wanted = wanted or "integer"
+    return ArtifactError(f"{path}: {key} must be a {wanted}, got {value!r}: the file is damaged")
+
+
+def _is(value: object, expected) -> bool:
+    if isinstance(value, bool):  # JSON true/false are not numbers
+        return expected is bool or (isinstance(expected, tuple) and bool in expected)
+    return isinstance(value, expected)
+
+
+def check_model_config(data: dict, path: Path) -> dict:
+    """Refuse a model_config.json (or a checkpoint's) whose values have the wrong JSON types."""
+    for key, expected in _CONFIG_TYPES.items():
+        if key in data and not _is(data[key], expected):
+            raise _type_error(path, key, data[key], expected)
+    return data
+
+
+def check_metadata(data: dict, path: Path) -> dict:
+    """Refuse a metadata.json with wrong types or console defaults out of range (null is fine)."""
+    for key, expected in _METADATA_TYPES.items():
+        if data.get(key) is not None and not _is(data[key], expected):
+            raise _type_error(path, key, data[key], expected)
+    for key, (expected, low, high) in _CONSOLE_RANGES.items():
+        value = data.get("console", {}).get(key)
+        if value is None:
+            continue
+        if not _is(value, expected):
+            raise _type_error(path, f"console.{key}", value, expected)
+        if not low <= value <= high:
+            raise ArtifactError(
+                f"{path}: console.{key} must be in [{low}, {high}], got {value}: "
+                "the file is damaged"
+            )
+    return data
+
+
 def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     directory = Path(directory)
     try:
-        config = ModelConfig.from_dict(_read_json(directory / CONFIG_FILE))
+        raw_config = _read_json(directory / CONFIG_FILE)
+        config = ModelConfig.from_dict(check_model_config(raw_config, directory / CONFIG_FILE))
     except (TypeError, ValueError) as e:
         if isinstance(e, ArtifactError):
             raise
@@ -94,10 +157,13 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
             f"{config.vocab_size}: the files come from different runs"
         )
     metadata_path = directory / METADATA_FILE
-    metadata = _read_json(metadata_path) if metadata_path.exists() else {}
+    metadata = (
+        check_metadata(_read_json(metadata_path), metadata_path) if metadata_path.exists() else {}
+    )
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise ArtifactError(f"{WEIGHTS_FILE} is missing from {directory}: re-export or retrain")
+    _check_inside(weights)
     model = Transformer(config)
     try:
         load_safetensors_model(model, weights, strict=True, device=str(device))
@@ -121,7 +187,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             "use a best/ artifacts folder or a checkpoint written by tinyllm"
         ) from None
     try:
-        config = ModelConfig.from_dict(dict(checkpoint["hyper_parameters"]["model_config"]))
+        config = ModelConfig.from_dict(
+            check_model_config(dict(checkpoint["hyper_parameters"]["model_config"]), path)
+        )
         # Lightning stores a datamodule's state_dict under its class name
         tokenizer = CharacterTokenizer.from_state_dict(checkpoint["CharDataModule"]["tokenizer"])
         prefix = "model."

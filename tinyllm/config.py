@@ -42,6 +42,9 @@ class TrainingConfig:
     val_interval: int = 250
     sample_prompt: str = "\n"
     sample_tokens: int = 200
+    # speed switches (benchmarks/RESULTS.md): optimizer kernels, CPU threads (null: torch's)
+    optimizer_impl: str = "auto"
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_context", "sample_frequency")
@@ -78,6 +81,15 @@ class TrainingConfig:
             raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"training.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.optimizer_impl not in ("auto", "foreach", "fused", "loop"):
+            raise ConfigError(
+                "training.optimizer_impl must be auto, foreach, fused or loop, "
+                f"got {self.optimizer_impl!r}"
+            )
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(
+                f"training.num_threads must be >= 1 (null: torch's default), got {self.num_threads}"
+            )
 
 
 def _one_line(error: Exception) -> str:
@@ -96,6 +108,9 @@ def validate(cfg: DictConfig) -> TrainingConfig:
         raise ConfigError(f"invalid training config ({where}): {_one_line(e)}") from None
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
     model.pop("_target_", None)
+    # `model.compile` is a training switch (torch.compile), not part of the saved ModelConfig
+    if not isinstance(model.pop("compile", False), bool):
+        raise ConfigError(f"model.compile must be true or false, got {cfg.model.compile!r}")
     model.setdefault("vocab_size", 1)  # filled from the tokenizer later
     try:
         ModelConfig.from_dict(model)

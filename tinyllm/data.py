@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tinyllm.checkpointing import ResumableDataLoader
 from tinyllm.corpus import CorpusError, clean_text, load_shakespeare, read_text_file
 from tinyllm.tokenizer import CharacterTokenizer
 
@@ -47,6 +48,7 @@ class RandomOffsetSampler(Sampler[int]):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
+        self.skip = 0  # offsets of the next draw already trained on (set when resuming)
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of each epoch
         self.epoch = epoch
@@ -57,7 +59,8 @@ class RandomOffsetSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         offsets = torch.randint(self.num_offsets, (self.num_samples,), generator=generator)
-        return iter(offsets.tolist())
+        skip, self.skip = self.skip, 0
+        return iter(offsets[skip:].tolist())
 
 
 def evenly_spaced_offsets(num_tokens: int, context: int, max_windows: int | None) -> list[int]:
@@ -170,7 +173,7 @@ class CharDataModule(L.LightningDataModule):
             self.batch_size, len(self.train_ids) // self.max_context
         )
         sampler = RandomOffsetSampler(len(dataset), num_samples, self.seed)
-        return DataLoader(
+        return ResumableDataLoader(  # its position mid-epoch is saved in checkpoints
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,

@@ -13,6 +13,8 @@ from lightning.pytorch.utilities import grad_norm
 from tinyllm.model import ModelConfig, Transformer
 
 OPTIMIZERS = ("adam", "adamw")
+# auto: torch's default; foreach: multi-tensor kernels; fused: one fused kernel; loop: per tensor
+OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "loop")
 
 
 def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
@@ -36,10 +38,16 @@ class LanguageModel(L.LightningModule):
         warmup_steps: int = 100,
         lr_decay_steps: int | None = None,
         min_lr_ratio: float = 0.1,
+        optimizer_impl: str = "auto",
+        compile: bool = False,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if optimizer_impl not in OPTIMIZER_IMPLS:
+            raise ValueError(
+                f"training.optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {optimizer_impl!r}"
+            )
         # plain dicts/lists only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
@@ -51,10 +59,16 @@ class LanguageModel(L.LightningModule):
                 "warmup_steps": warmup_steps,
                 "lr_decay_steps": lr_decay_steps,
                 "min_lr_ratio": min_lr_ratio,
+                "optimizer_impl": optimizer_impl,
+                "compile": compile,
             }
         )
         self.config = ModelConfig.from_dict(dict(model_config))
         self.model = Transformer(self.config)
+        # `model.compile=true`: the training and validation forward pass runs through
+        # torch.compile. The compiled function is kept out of the module tree, so checkpoints and
+        # artifacts hold the plain Transformer's keys and generation (KV cache) stays eager.
+        self._compiled_forward = torch.compile(self.model.forward) if compile else None
         self._batch_started: float | None = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -62,7 +76,7 @@ class LanguageModel(L.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         inputs, targets = batch
-        logits = self.model(inputs)
+        logits = (self._compiled_forward or self.model)(inputs)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -104,7 +118,10 @@ class LanguageModel(L.LightningModule):
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
         optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        optimizer = optimizer_cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
+        impl = hp.get("optimizer_impl", "auto")
+        kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
+        kwargs = {"foreach": False} if impl == "loop" else kwargs
+        optimizer = optimizer_cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas), **kwargs)
         decay_steps = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
             decay_steps = hp.warmup_steps

@@ -9,13 +9,16 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
 from tinyllm.callbacks import BestArtifactsCallback
+from tinyllm.checkpointing import AtomicCheckpointIO, TrainingStateCallback, verify_checkpoint
 from tinyllm.config import ConfigError, print_config_tree, validate
 from tinyllm.data import CharDataModule
+from tinyllm.faults import FaultGuard
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +72,15 @@ def train(cfg: DictConfig) -> float | None:
     validate(cfg)
     route_lightning_logs_to_root()
     output_dir = Path(cfg.paths.output_dir)
+    if cfg.get("ckpt_path"):  # refuse untrusted pickles before Lightning reads the file
+        verify_checkpoint(cfg.ckpt_path)
     check_output_dir(output_dir)
     if cfg.get("print_config", True):
         print_config_tree(cfg)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
+    if cfg.training.get("num_threads"):
+        torch.set_num_threads(cfg.training.num_threads)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule: CharDataModule = instantiate(cfg.data)
@@ -81,8 +88,15 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup("fit")
     datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
 
-    model_config = instantiate(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
-    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    model_settings = OmegaConf.to_container(cfg.model, resolve=True)
+    compile_model = bool(model_settings.pop("compile", False))  # not part of ModelConfig
+    model_config = instantiate(model_settings, vocab_size=datamodule.tokenizer.vocab_size)
+    module = instantiate(
+        cfg.module,
+        model_config=model_config.to_dict(),
+        compile=compile_model,
+        optimizer_impl=cfg.training.get("optimizer_impl", "auto"),
+    )
     log.info(
         "model: %d layers, %d heads, %d wide, context %d, %s parameters",
         model_config.n_layer,
@@ -97,7 +111,12 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:
         # Lightning refuses a LearningRateMonitor without a logger (`logger=none`)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    # resuming, interrupts, non-finite loss and crash-safe checkpoints (tinyllm/faults.py,
+    # tinyllm/checkpointing.py)
+    callbacks += [FaultGuard(output_dir), TrainingStateCallback()]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best = next((c for c in callbacks if isinstance(c, BestArtifactsCallback)), None)

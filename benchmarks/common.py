@@ -1,0 +1,222 @@
+"""Shared pieces of the benchmarks: the machine's description, the real pipeline built from the
+project's Hydra configs (as train.py builds it), and a plain-PyTorch loop over the same objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import tempfile
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from tinyllm.module import LanguageModel, warmup_cosine
+from tinyllm.training import instantiate_group, route_lightning_logs_to_root
+
+ROOT = Path(__file__).resolve().parent.parent
+# the configs ship inside the package (the repository's configs/ links there)
+CONFIG_DIR = next(d for d in (ROOT / "tinyllm" / "configs", ROOT / "configs") if d.is_dir())
+
+# nanoGPT's README CPU recipe (configs/experiment/nanogpt_cpu.yaml)
+NANOGPT_CPU = ["experiment=nanogpt_cpu"]
+
+# --quick (smoke tests): a model that steps in milliseconds
+QUICK = ["model=tiny", "training.max_context=32", "training.batch_size=8"]
+
+
+def machine() -> dict:
+    """CPU model, cores, torch version and load, for the head of every report."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+        flags = " ".join(f for f in wanted if f" {f}" in text)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+        "python": platform.python_version(),
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def quiet_lightning() -> None:
+    route_lightning_logs_to_root()
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("tinyllm").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory.*exists and is not empty.*")
+
+
+def compose_config(corpus: str | None, overrides: list[str], output_dir: str) -> DictConfig:
+    """The project's composed config, as `python train.py <overrides>` would see it."""
+    base = [f"paths.output_dir={output_dir}", "print_config=false"]
+    if corpus:
+        base.append(f"data.path={Path(corpus).resolve()}")
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=base + list(overrides))
+
+
+class Pipeline:
+    """The objects train.py builds (datamodule, LanguageModel, callbacks, logger, Trainer)."""
+
+    def __init__(self, corpus: str | None, overrides: list[str], workdir: str | None = None):
+        quiet_lightning()
+        self.workdir = workdir or tempfile.mkdtemp(prefix="tinyllm-bench-")
+        self.cfg = cfg = compose_config(corpus, overrides, self.workdir)
+        if cfg.training.get("num_threads"):
+            torch.set_num_threads(cfg.training.num_threads)
+        L.seed_everything(cfg.seed, verbose=False)
+        self.datamodule = instantiate(cfg.data)
+        self.datamodule.prepare_data()
+        self.datamodule.setup("fit")
+        settings = OmegaConf.to_container(cfg.model, resolve=True)
+        self.compile = bool(settings.pop("compile", False))
+        self.model_config = instantiate(settings, vocab_size=self.datamodule.tokenizer.vocab_size)
+        self.module: LanguageModel = instantiate(
+            cfg.module,
+            model_config=self.model_config.to_dict(),
+            compile=self.compile,
+            optimizer_impl=cfg.training.get("optimizer_impl", "auto"),
+        )
+        self.tokens_per_step = cfg.training.batch_size * cfg.training.max_context
+        self._batches = None
+        self.optimizer = None
+
+    @property
+    def bf16(self) -> bool:
+        return str(self.cfg.trainer.precision).startswith("bf16")
+
+    # --- the real Lightning pipeline ---------------------------------------------------------
+
+    def lightning_round(self, steps: int, warm: int = 2, callbacks: bool = True) -> float:
+        """Fit `warm + steps` steps with a fresh Trainer; seconds per step over the last `steps`.
+
+        All configured callbacks and the logger are on; no validation falls inside a round.
+        """
+        timer = StepTimer(warm, steps)
+        extra = instantiate_group(self.cfg.get("callbacks")) if callbacks else []
+        loggers = instantiate_group(self.cfg.get("logger"))
+        trainer = instantiate(
+            self.cfg.trainer,
+            callbacks=[*extra, timer],
+            logger=loggers or False,
+            max_steps=warm + steps,
+            max_time=None,
+            val_check_interval=max(warm + steps + 1, int(self.cfg.training.val_interval)),
+            enable_model_summary=False,
+        )
+        trainer.fit(self.module, datamodule=self.datamodule)
+        return timer.seconds / steps
+
+    # --- the same model, batches and optimizer, by hand ----------------------------------------
+
+    def plain_setup(self) -> None:
+        hp = self.module.hparams
+        params = [p for p in self.module.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        impl = hp.get("optimizer_impl", "auto")
+        kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
+        kwargs = {"foreach": False} if impl == "loop" else kwargs
+        self.optimizer = cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas), **kwargs)
+        total = hp.lr_decay_steps or int(self.cfg.trainer.max_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio)
+        )
+        self.forward = self.module._compiled_forward or self.module.model
+        self.clip = float(self.cfg.training.gradient_clip)
+        self._batches = None
+
+    def next_batch(self):
+        if self._batches is None:
+            self._batches = iter(self.datamodule.train_dataloader())
+        try:
+            return next(self._batches)
+        except StopIteration:
+            self._batches = iter(self.datamodule.train_dataloader())
+            return next(self._batches)
+
+    def plain_step(self) -> torch.Tensor:
+        if self.optimizer is None:
+            self.plain_setup()
+        inputs, targets = self.next_batch()
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if self.bf16 else nullcontext()
+        with autocast:
+            logits = self.forward(inputs)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.module.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    def plain_round(self, steps: int, warm: int = 2) -> float:
+        """Seconds per step of the hand-written loop over the last `steps` of `warm + steps`."""
+        if self.optimizer is None:
+            self.plain_setup()
+        self.module.train()
+        for _ in range(warm):
+            self.plain_step()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.plain_step()
+        return (time.perf_counter() - start) / steps
+
+
+class StepTimer(L.Callback):
+    """Wall time from the end of batch `warm` to the end of batch `warm + steps`."""
+
+    def __init__(self, warm: int, steps: int):
+        self.warm, self.steps = warm, steps
+        self.start: float | None = None
+        self.seconds = float("nan")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        done = trainer.global_step
+        if done == self.warm:
+            self.start = time.perf_counter()
+        elif done == self.warm + self.steps and self.start is not None:
+            self.seconds = time.perf_counter() - self.start
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return 0.5 * (ordered[middle - 1] + ordered[middle])
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

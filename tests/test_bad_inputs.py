@@ -1,0 +1,249 @@
+"""Bad inputs, table-driven: each gives one line naming the problem and the fix, a non-zero exit,
+no traceback, and nothing that a later `resume=true` or `chat.py` would pick up."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY_OVERRIDES, make_corpus
+
+from tinyllm.artifacts import ArtifactError, load_model
+from tinyllm.generation import SamplingSettings, generate_text
+from tinyllm.tokenizer import UnknownCharactersError
+
+# --- train.py ------------------------------------------------------------------------------
+
+# Every case runs through train.py's real `main` (Hydra included) inside ONE subprocess, to keep
+# the start-up cost of torch and Lightning to one: stdout and stderr are captured per case.
+DRIVER = textwrap.dedent(
+    """
+    import contextlib, io, json, runpy, sys, traceback
+    sys.path.insert(0, sys.argv[1])
+    namespace = runpy.run_path(sys.argv[1] + "/train.py", run_name="train_cases")
+    results = []
+    for argv in json.loads(sys.stdin.read()):
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            sys.argv = ["train.py", *argv]
+            try:
+                namespace["check_output_argv"](sys.argv)
+                namespace["main"]()
+            except SystemExit as e:
+                code = e.code
+            except BaseException:
+                traceback.print_exc()
+                code = "exception"
+        results.append({"code": code, "output": out.getvalue() + err.getvalue()})
+    print(json.dumps(results))
+    """
+)
+
+CORPORA = {
+    "empty.txt": b"",
+    "blank.txt": b"  \n\t\n\n   \n",
+    "binary.bin": bytes(range(256)) * 40,
+    "latin1.txt": ("Caf\xe9 na\xefve r\xe9sum\xe9 " * 400).encode("latin-1"),
+    "short.txt": b"ROMEO:\nHello there.\n",
+}
+
+# (id, overrides, exit code, the one line must contain)
+TRAIN_CASES = [
+    ("missing corpus", ["data.path={tmp}/nope.txt"], 2, "corpus file not found: "),
+    ("empty corpus", ["data.path={tmp}/empty.txt"], 2, "empty"),
+    ("whitespace corpus", ["data.path={tmp}/blank.txt"], 2, "empty"),
+    ("binary corpus", ["data.path={tmp}/binary.bin"], 2, "looks binary"),
+    ("not utf-8", ["data.path={tmp}/latin1.txt"], 2, "data.encoding="),
+    ("too short", ["data.path={tmp}/short.txt"], 2, "needs at least 332"),
+    ("val_split 0", ["training.val_split=0"], 2, "training.val_split must be strictly between"),
+    ("val_split 1", ["training.val_split=1"], 2, "training.val_split must be strictly between"),
+    ("val_split < 0", ["training.val_split=-0.1"], 2, "training.val_split must be strictly"),
+    ("lr 0", ["training.learning_rate=0"], 2, "training.learning_rate must be > 0, got 0"),
+    ("lr < 0", ["training.learning_rate=-1e-3"], 2, "training.learning_rate must be > 0"),
+    ("heads", ["model.n_head=3"], 2, "model.n_head=3 must divide model.n_embd=32"),
+    # Hydra's own messages (exit 1): the first line names the key, the next ones the options
+    ("unknown key", ["training.learning_rat=1e-3"], 1, "override 'training.learning_rat'"),
+    ("unknown group option", ["model=smal"], 1, "Could not find 'model/smal'"),
+]
+
+
+@pytest.fixture(scope="module")
+def train_results(tmp_path_factory, corpus_file):
+    tmp = tmp_path_factory.mktemp("bad")
+    for name, data in CORPORA.items():
+        (tmp / name).write_bytes(data)
+    runs = []
+    for i, (_, overrides, _, _) in enumerate(TRAIN_CASES):
+        given = [o.format(tmp=tmp) for o in overrides]
+        path = (
+            [] if any(o.startswith("data.path=") for o in given) else [f"data.path={corpus_file}"]
+        )
+        runs.append([*TINY_OVERRIDES, *path, *given, f"hydra.run.dir={tmp}/run{i}"])
+    result = subprocess.run(
+        [sys.executable, "-c", DRIVER, str(ROOT)], input=json.dumps(runs), capture_output=True,
+        text=True, timeout=300, cwd=tmp,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tmp, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("index", "case"), list(enumerate(TRAIN_CASES)), ids=[c[0] for c in TRAIN_CASES]
+)
+def test_bad_training_input(train_results, index, case):
+    tmp, results = train_results
+    _, _, code, expected = case
+    result = results[index]
+    output = result["output"]
+    assert result["code"] == code, output[-3000:]
+    assert "Traceback" not in output
+    if code == 1:  # Hydra's message: the problem first, then the fix or the options
+        lines = output.strip().splitlines()
+        assert expected in lines[0]
+        assert "+training.learning_rat" in output or "Available options in 'model'" in output
+    else:
+        errors = [line for line in output.splitlines() if "ERROR" in line or "Error" in line]
+        assert len(errors) == 1, output[-3000:]
+        assert expected in errors[0], errors[0]
+    # nothing a later run would take for a model or a run to resume
+    run = tmp / f"run{index}"
+    assert not (run / "checkpoints").exists() and not (run / "best").exists()
+
+
+def test_too_short_corpus_says_how_much_is_needed(train_results):
+    _, results = train_results
+    (line,) = [x for x in results[5]["output"].splitlines() if "ERROR" in x]
+    assert "has 20 characters" in line and "use a longer text or lower training.max_context" in line
+
+
+# --- model folders -------------------------------------------------------------------------
+
+
+def _break(best: Path, how: str) -> None:
+    if how.startswith("missing "):
+        (best / how.removeprefix("missing ")).unlink()
+    elif how == "truncated weights":
+        data = (best / "model.safetensors").read_bytes()
+        (best / "model.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "empty weights":
+        (best / "model.safetensors").write_bytes(b"")
+    elif how == "truncated config":
+        text = (best / "model_config.json").read_text()
+        (best / "model_config.json").write_text(text[: len(text) // 2])
+    elif how == "config wider than weights":
+        config = json.loads((best / "model_config.json").read_text())
+        config["n_embd"] *= 2
+        (best / "model_config.json").write_text(json.dumps(config))
+    elif how == "config deeper than weights":
+        config = json.loads((best / "model_config.json").read_text())
+        config["n_layer"] += 1
+        (best / "model_config.json").write_text(json.dumps(config))
+    elif how == "tokenizer larger than embedding":
+        state = json.loads((best / "tokenizer.json").read_text())
+        state["vocab"].append("\u263a")
+        (best / "tokenizer.json").write_text(json.dumps(state))
+
+
+BROKEN = [
+    ("missing model.safetensors", "model.safetensors is missing from"),
+    ("missing model_config.json", "model_config.json is missing from"),
+    ("missing tokenizer.json", "tokenizer.json is missing from"),
+    ("truncated weights", "does not match model_config.json or is damaged"),
+    ("empty weights", "does not match model_config.json or is damaged"),
+    ("truncated config", "is not valid JSON"),
+    ("config wider than weights", "does not match model_config.json or is damaged"),
+    ("config deeper than weights", "does not match model_config.json or is damaged"),
+    ("tokenizer larger than embedding", "the files come from different runs"),
+]
+
+
+@pytest.mark.parametrize(("how", "message"), BROKEN, ids=[b[0] for b in BROKEN])
+def test_broken_model_folder(trained_run, tmp_path, how, message):
+    best = tmp_path / "best"
+    shutil.copytree(trained_run / "best", best)
+    _break(best, how)
+    with pytest.raises(ArtifactError, match=message) as error:
+        load_model(best)
+    assert "\n" not in str(error.value)
+
+
+def test_broken_model_folder_in_chat(trained_run, tmp_path):
+    best = tmp_path / "best"
+    shutil.copytree(trained_run / "best", best)
+    _break(best, "config wider than weights")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), str(best), "--prompt", "a"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "does not match model_config.json or is damaged" in lines[0]
+
+
+# --- prompts ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    return load_model(trained_run)
+
+
+def test_prompt_of_only_unknown_characters(model):
+    with pytest.raises(UnknownCharactersError, match="characters not in the vocabulary: '☃'"):
+        generate_text(model.model, model.tokenizer, "☃☃☃", SamplingSettings(max_tokens=5))
+
+
+def test_very_long_prompt_is_cut_to_the_context(model):
+    vocab = model.tokenizer.vocab
+    prompt = "".join(vocab[i % len(vocab)] for i in range(100_000))
+    text = generate_text(model.model, model.tokenizer, prompt, SamplingSettings(max_tokens=20))
+    assert len(text) == 20 and set(text) <= set(vocab)
+
+
+def test_very_long_prompt_in_chat(trained_run):
+    prompt = (make_corpus(2) * 2000)[:100_000]
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), str(trained_run), "--prompt", prompt,
+         "--max-tokens", "20", "--seed", "1"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert len(result.stdout) >= 20
+
+
+def test_prompt_of_only_unknown_characters_in_chat(trained_run):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), str(trained_run), "--prompt", "☃☃☃"],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert "Traceback" not in result.stderr
+    assert "☃" in result.stderr  # named
+    assert result.returncode in (0, 1, 2)  # the chat helper's choice; never a crash
+
+
+# --- chat commands (the console's parser) --------------------------------------------------
+
+console = pytest.importorskip("tinyllm.console")
+
+BAD_COMMANDS = [
+    "/temp", "/temp hot", "/temp -1", "/temp 1e999", "/temp nan", "/topk", "/topk -3",
+    "/topk 2.5", "/topk 99999999999999999999999", "/topp", "/topp 0", "/topp 1.5", "/topp x",
+    "/max", "/max 0", "/max -5", "/max ten", "/max 10000000000000", "/seed x", "/seed -1",
+    "/seed 1e400", "/load", "/nosuch", "/", "/help me",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("line", BAD_COMMANDS)
+def test_bad_chat_command_is_refused_with_a_message(line):
+    with pytest.raises(console.CommandError) as error:
+        console.parse_command(line)
+    message = str(error.value)
+    assert message and "\n" not in message

@@ -1,0 +1,105 @@
+"""Smoke tests: every benchmark script runs a few steps and reports numbers (not their values)."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytest.importorskip("benchmarks.common")
+
+
+def finite(value) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_overhead_quick(corpus_file):
+    from benchmarks import overhead
+
+    results = overhead.run(str(corpus_file), quick=True, configs=["default"])
+    r = results["default"]
+    assert finite(r["lightning_tokens_per_s"]) and finite(r["plain_tokens_per_s"])
+    assert finite(r["ratio"])
+
+
+def test_generation_quick():
+    from benchmarks import generation
+
+    results = generation.run(quick=True)
+    for r in results.values():
+        assert finite(r["cache_chars_per_s"]) and finite(r["recompute_chars_per_s"])
+
+
+def test_recompute_loop_matches_cache_greedy():
+    """The benchmark's nanoGPT-style loop and the KV-cache path make the same text."""
+    import torch
+
+    from benchmarks import generation
+    from tinyllm.model import ModelConfig, Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=11, context_length=8, n_layer=1, n_head=2, n_embd=8))
+    model.eval()
+    generation.TEMPERATURE, saved = 1e-6, generation.TEMPERATURE  # ~greedy in both paths
+    try:
+        cached = list(model.stream([1, 2], 6, temperature=0))
+        recomputed = generation.recompute(model, [1, 2], 6, torch.Generator().manual_seed(0))
+    finally:
+        generation.TEMPERATURE = saved
+    assert cached == recomputed
+
+
+def test_data_pipeline_quick(corpus_file):
+    from benchmarks import data_pipeline
+
+    r = data_pipeline.run(str(corpus_file), quick=True)
+    assert finite(r["loader_batches_per_s"]) and finite(r["train_steps_per_s"])
+
+
+def test_utilisation_quick(corpus_file):
+    from benchmarks import utilisation
+
+    r = utilisation.run(str(corpus_file), quick=True)
+    assert finite(r["model_flops_per_s"]) and finite(r["matmul_peak_flops_per_s"])
+    assert r["profile"]
+
+
+def test_switches_quick(corpus_file):
+    from benchmarks import switches
+
+    results = switches.run(str(corpus_file), quick=True, groups=["precision", "optimizer"])
+    assert set(results["optimizer"]) == {"auto", "foreach", "fused", "loop"}
+    assert all(finite(r["tokens_per_s"]) for r in results["precision"].values())
+
+
+def test_memory_and_report_quick(corpus_file, tmp_path):
+    """The driver, as the README runs it, on the memory benchmark (a real train.py subprocess)."""
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# kept\n\n<!-- generated: begin -->\nold\n<!-- generated: end -->\nkept too\n")
+    command = [sys.executable, "benchmarks/run.py", "--quick", "--only", "memory"]
+    command += ["--corpus", str(corpus_file), "--out", str(out)]
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    text = out.read_text()
+    assert text.startswith("# kept") and text.rstrip().endswith("kept too")
+    assert "old" not in text and "peak RSS" in text
+    assert (tmp_path / "RESULTS.json").exists()
+
+
+def test_plot_reads_tensorboard_events(tmp_path):
+    pytest.importorskip("matplotlib")
+    from torch.utils.tensorboard import SummaryWriter
+
+    from benchmarks import plot
+
+    run = tmp_path / "job" / "0"
+    writer = SummaryWriter(str(run / "tensorboard"))
+    for step, loss in enumerate([2.5, 2.0, 1.8]):
+        writer.add_scalar("val/loss", loss, step)
+    writer.close()
+    finals = plot.plot([str(run)], str(tmp_path / "curve.png"))
+    assert finals["job"]["best"] == pytest.approx(1.8)
+    assert (tmp_path / "curve.png").stat().st_size > 0

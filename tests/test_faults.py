@@ -1,0 +1,208 @@
+"""Faults a run survives: SIGINT/SIGTERM (save, say how to resume, exit non-zero), kills during
+saves (atomic files), a non-finite loss, an unwritable or full output folder."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_OVERRIDES, compose_config, run_train
+
+from tinyllm import training
+from tinyllm.artifacts import load_model, save_artifacts
+from tinyllm.checkpointing import AtomicCheckpointIO
+from tinyllm.config import ConfigError
+from tinyllm.faults import NonFiniteLossError
+from tinyllm.model import ModelConfig, Transformer
+from tinyllm.module import LanguageModel
+from tinyllm.tokenizer import CharacterTokenizer
+
+
+def without(overrides, *keys):
+    return [o for o in overrides if o.split("=", 1)[0] not in keys]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- SIGINT / SIGTERM ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_checkpoint_and_artifacts_then_exits(tmp_path, corpus_file, signum, code):
+    run = tmp_path / "run"
+    # no validation would run (so no checkpoint, no best/) before the signal: both come from it
+    overrides = [*without(TINY_OVERRIDES, "trainer.max_steps", "training.val_interval"),
+                 "trainer.max_steps=100000", "training.val_interval=100000",
+                 f"data.path={corpus_file}", f"hydra.run.dir={run}"]  # fmt: skip
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides], cwd=tmp_path, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "sample at step 20 " in line:  # training is under way
+                proc.send_signal(signum)
+                break
+        output = "".join(lines) + proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == code, output[-3000:]
+    assert "Traceback" not in output
+    name = signal.Signals(signum).name
+    assert f"{name} received: saving a checkpoint after this step" in output
+    resume = [line for line in output.splitlines() if "resume with:" in line]
+    assert len(resume) == 1 and resume[0].endswith("resume with:   python train.py resume=run")
+    last = load_ckpt(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] >= 20
+    assert f"training interrupted by {name} at step {last['global_step']}" in output
+    loaded = load_model(run / "best")  # the best there is: the weights at the interrupt
+    assert loaded.metadata["step"] == last["global_step"]
+    assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written leftovers
+
+
+# --- kills during saves --------------------------------------------------------------------
+
+
+def _save_forever(out: Path, save) -> None:
+    """In a forked child: save a ~20 MB checkpoint and the artifacts over and over."""
+    tokenizer = CharacterTokenizer().fit("abcdefghij \n")
+    config = ModelConfig(vocab_size=12, context_length=16, n_layer=3, n_head=2, n_embd=384)
+    model = Transformer(config)
+    for i in range(10**6):
+        with torch.no_grad():
+            model.token_embedding.weight.fill_(i)
+        save({"state_dict": model.state_dict(), "global_step": i}, out / "last.ckpt")
+        if i % 4 == 0:
+            save_artifacts(out / "best", model, tokenizer, {"step": i})
+
+
+def kill_during_saves(out: Path, save, rounds: int = 12) -> None:
+    """Fork a saver, SIGKILL it at a random moment, check every file under its real name."""
+    rng = random.Random(0)
+    for _ in range(rounds):
+        pid = os.fork()
+        if pid == 0:  # child: no pytest, no cleanup, just save until killed
+            try:
+                _save_forever(out, save)
+            finally:
+                os._exit(1)
+        time.sleep(rng.uniform(0.1, 0.4))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        if (out / "last.ckpt").exists():
+            checkpoint = load_ckpt(out / "last.ckpt")
+            step = checkpoint["global_step"]
+            assert checkpoint["state_dict"]["token_embedding.weight"][0, 0] == step
+        if (out / "best" / "metadata.json").exists():
+            loaded = load_model(out / "best")  # whole and from one model
+            assert loaded.model.config.n_embd == 384
+
+
+def test_kill_during_saves_leaves_only_whole_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    kill_during_saves(out, AtomicCheckpointIO().save_checkpoint)
+    assert (out / "last.ckpt").exists() and (out / "best" / "metadata.json").exists()
+    # leftovers of killed writes are hidden temporary files, never a .ckpt or an artifact name
+    names = {"last.ckpt", "best", "model.safetensors", "model_config.json", "tokenizer.json",
+             "metadata.json"}  # fmt: skip
+    for path in out.rglob("*"):
+        assert path.name.startswith(".") or path.name in names, path
+
+
+def test_kill_during_plain_saves_is_caught(tmp_path):
+    """The check above can see a torn file: plain torch.save straight to the name tears."""
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(Exception):  # noqa: B017 - torn files fail in several ways (EOF, zip)
+        kill_during_saves(out, torch.save)
+
+
+# --- non-finite loss -----------------------------------------------------------------------
+
+
+def test_absurd_learning_rate_stops_with_one_line(tmp_path, corpus_file):
+    run = tmp_path / "run"
+    result = run_train(*TINY_OVERRIDES, "training.learning_rate=1e6", f"data.path={corpus_file}",
+                       f"hydra.run.dir={run}")  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert len(errors) == 1, output[-3000:]
+    assert "training loss became nan at step" in errors[0] or "became inf" in errors[0]
+    assert "lower training.learning_rate (now 1000000.0)" in errors[0]
+    # nothing written from the broken weights
+    assert not (run / "best").exists()
+    assert not (run / "checkpoints" / "last.ckpt").exists()
+
+
+def test_nan_keeps_the_best_artifacts_from_before(tmp_path, corpus_file, monkeypatch):
+    real_step = LanguageModel.training_step
+
+    def explode_at_step_15(self, batch, batch_idx):
+        loss = real_step(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= 15 else loss
+
+    monkeypatch.setattr(LanguageModel, "training_step", explode_at_step_15)
+    run = tmp_path / "run"
+    cfg = compose_config([*without(TINY_OVERRIDES, "training.val_interval"), "logger=none",
+                          "training.val_interval=5", f"data.path={corpus_file}"], run)  # fmt: skip
+    with pytest.raises(NonFiniteLossError) as error:
+        training.train(cfg)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith("training loss became nan at step 15: lower training.learning_rate")
+    best = load_model(run / "best")
+    assert best.metadata["step"] == 15  # the validation at step 15 ran before step 16's loss
+    assert f"(val/loss {best.metadata['val_loss']:.4f}) is kept in {run / 'best'}" in message
+    assert all(torch.isfinite(p).all() for p in best.model.parameters())
+    assert load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 15
+
+
+# --- unwritable or full output folder ------------------------------------------------------
+
+
+def test_unwritable_output_folder_fails_before_training(tmp_path, corpus_file):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = compose_config([*TINY_OVERRIDES, f"data.path={corpus_file}"], blocker / "run")
+    with pytest.raises(ConfigError, match=r"is not writable .*set hydra.run.dir"):
+        training.train(cfg)
+
+
+def test_full_disk_fails_before_training(tmp_path, corpus_file, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=5 * 2**20))
+    run = tmp_path / "run"
+    cfg = compose_config([*TINY_OVERRIDES, f"data.path={corpus_file}"], run)
+    with pytest.raises(ConfigError, match=r"only 5 MiB free at .*free some disk space"):
+        training.train(cfg)
+    assert list(run.iterdir()) == []  # nothing written
+
+
+def test_unwritable_run_folder_is_one_line_from_train_py(tmp_path):
+    # a run folder under a regular file (tests run as root, whom permissions do not stop)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_train(*TINY_OVERRIDES, f"hydra.run.dir={blocker}/run", timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: output folder {blocker}/run is not writable (Not a directory): "
+        "set hydra.run.dir to a writable folder"
+    ]

@@ -1,0 +1,108 @@
+"""Packaging: console scripts that work from any folder, configs shipped inside the package, the
+optional extras, and one's own config folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from conftest import ROOT, TINY_OVERRIDES
+
+from tinyllm.cli import chat_main, eval_main, train_main
+
+SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main}
+
+
+def command(name: str, *args: str, cwd, stdin: str | None = None, timeout: float = 120):
+    path = shutil.which(name)
+    assert path, f"{name} is not installed: run `pip install -e .` (console scripts)"
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [path, *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+def test_pyproject_declares_scripts_and_extras():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    scripts = project["scripts"]
+    assert set(scripts) == set(SCRIPTS)
+    for name, function in SCRIPTS.items():
+        assert scripts[name] == f"{function.__module__}:{function.__name__}"
+    extras = project["optional-dependencies"]
+    assert {"dev", "sweep", "bench"} <= set(extras)
+    assert any(r.startswith("hydra-optuna-sweeper") for r in extras["sweep"])
+    assert any(r.startswith("pytest") for r in extras["dev"])
+    assert any(r.startswith("ruff") for r in extras["dev"])
+    assert any(r.startswith("matplotlib") for r in extras["bench"])
+
+
+def test_configs_live_in_the_package_and_configs_links_there():
+    assert (ROOT / "configs").is_symlink()
+    assert (ROOT / "configs").resolve() == (ROOT / "tinyllm" / "configs").resolve()
+    assert (ROOT / "tinyllm" / "configs" / "train.yaml").is_file()
+
+
+def test_console_scripts_train_eval_and_chat_from_another_folder(tmp_path, corpus_file):
+    help_text = command("tinyllm-train", "--help", cwd=tmp_path)
+    assert help_text.returncode == 0, help_text.stderr
+    for option in ("model: ", "hparams_search: optuna", "ddp", "experiment: "):
+        assert option in help_text.stdout
+    run_dir = tmp_path / "run"
+    train = command(
+        "tinyllm-train", *TINY_OVERRIDES, "trainer.max_steps=10", "training.val_interval=5",
+        f"data.path={corpus_file}", f"hydra.run.dir={run_dir}", cwd=tmp_path,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stdout[-3000:] + train.stderr[-3000:]
+    assert (run_dir / "best" / "model.safetensors").is_file()
+    assert (run_dir / "train.log").is_file()
+
+    evaluation = command("tinyllm-eval", str(run_dir), "--json", cwd=tmp_path)
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert json.loads(evaluation.stdout)["split"] == "val"
+
+    chat = command("tinyllm-chat", str(run_dir), cwd=tmp_path, stdin="ROMEO:\n")
+    assert chat.returncode == 0, chat.stderr
+    assert chat.stdout.strip()
+
+
+def test_own_config_folder(tmp_path):
+    own = tmp_path / "my_configs"
+    (own / "model").mkdir(parents=True)
+    (own / "model" / "wide.yaml").write_text(
+        "defaults:\n  - small\n  - _self_\nn_embd: 512\nn_head: 8\n", encoding="utf-8"
+    )
+    result = command(
+        "tinyllm-train", "--config-dir", str(own), "model=wide", "--cfg", "job", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "n_embd: 512" in result.stdout and "n_head: 8" in result.stdout
+    assert "n_layer: 4" in result.stdout  # the rest from the packaged model/small.yaml
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="symlinked configs/")
+def test_wheel_ships_the_configs(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "tinyllm", source / "tinyllm", ignore=ignore)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("tinyllm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = ROOT / "tinyllm" / "configs"
+    for path in configs.rglob("*.yaml"):
+        assert f"tinyllm/configs/{path.relative_to(configs)}" in names
+    assert "tinyllm/cli.py" in names

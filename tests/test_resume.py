@@ -1,0 +1,194 @@
+"""Resuming: `resume=true` / `resume=RUN` / `ckpt_path=`, after a SIGKILL, continues the run in
+its own folder with its step, optimiser, schedule, callbacks, data position and RNG."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_OVERRIDES, compose_config, read_events, run_train
+
+from tinyllm.checkpointing import (
+    CheckpointError,
+    find_resumable_run,
+    resolve_resume,
+    resolve_resume_argv,
+)
+from tinyllm.training import train
+
+
+def without(overrides, *keys):
+    return [o for o in overrides if o.split("=", 1)[0] not in keys]
+
+
+def load_ckpt(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- in process: an interrupted-and-resumed run is the uninterrupted run, bit for bit --------
+
+# 6 batches per epoch, so step 10 is in the middle of the second epoch; dropout makes the
+# result depend on the RNG; a fixed decay horizon keeps the schedule the same in both runs.
+EXACT = [
+    *without(TINY_OVERRIDES, "trainer.max_steps", "training.val_interval"),
+    "training.val_interval=5",
+    "data.train_windows_per_epoch=48",
+    "model.dropout=0.1",
+    "training.lr_decay_steps=20",
+    "logger=none",
+]
+
+
+def _train(run_dir: Path, corpus_file: Path, *extra: str) -> float | None:
+    cfg = compose_config([*EXACT, f"data.path={corpus_file}", *extra], run_dir)
+    return train(cfg)
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, corpus_file):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    score_whole = _train(whole, corpus_file, "trainer.max_steps=20")
+
+    _train(split, corpus_file, "trainer.max_steps=10")
+    first_best = json.loads((split / "best" / "metadata.json").read_text())["val_loss"]
+    last = split / "checkpoints" / "last.ckpt"
+    assert load_ckpt(last)["global_step"] == 10
+    score_split = _train(split, corpus_file, "trainer.max_steps=20", f"ckpt_path={last}")
+
+    a, b = load_ckpt(whole / "checkpoints" / "last.ckpt"), load_ckpt(last)
+    assert a["global_step"] == b["global_step"] == 20
+    for key in a["state_dict"]:  # weights: same data, same order, same dropout masks
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    states_a = a["optimizer_states"][0]["state"].values()
+    states_b = b["optimizer_states"][0]["state"].values()
+    for sa, sb in zip(states_a, states_b, strict=True):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"]) and sa["step"] == sb["step"]
+    assert a["lr_schedulers"] == b["lr_schedulers"]
+    # callback state (early stopping, checkpointing, best artifacts) carried on
+    assert a["callbacks"].keys() == b["callbacks"].keys()
+    for name, state in a["callbacks"].items():
+        if "EarlyStopping" in name:
+            assert state["wait_count"] == b["callbacks"][name]["wait_count"]
+            assert torch.equal(state["best_score"], b["callbacks"][name]["best_score"])
+        if "BestArtifactsCallback" in name:
+            assert state == b["callbacks"][name]
+    assert score_whole == score_split <= first_best
+    meta = json.loads((split / "best" / "metadata.json").read_text())
+    assert meta["val_loss"] == score_split
+
+
+# --- the resume= command line ------------------------------------------------------------------
+
+
+def _fake_run(root: Path, name: str, overrides: list[str], age: float) -> Path:
+    run = root / "outputs" / "runs" / name
+    (run / "checkpoints").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(b"x")
+    os.utime(ckpt, (time.time() - age, time.time() - age))
+    return run
+
+
+def test_resume_argv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match="no run to resume under outputs/"):
+        resolve_resume_argv(["train.py", "resume=true"])
+    old = _fake_run(tmp_path, "old", ["model=tiny"], age=100)
+    saved = ["model=tiny", "trainer.max_steps=10", "data.path=a b.txt",
+             f"hydra.run.dir={tmp_path}/x", "ckpt_path=x.ckpt"]  # fmt: skip
+    new = _fake_run(tmp_path, "new", saved, age=0)
+    assert find_resumable_run("outputs") == Path("outputs/runs/new")
+    argv = resolve_resume_argv(["train.py", "trainer.max_steps=50", "resume=true"])
+    rel = Path("outputs/runs/new")
+    # saved overrides, then yours (which win), then the run's own folder and checkpoint
+    assert argv == [
+        "train.py", "model=tiny", "data.path=a b.txt", "trainer.max_steps=50",
+        f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}",
+    ]  # fmt: skip
+    assert resolve_resume(str(old)) == (old, old / "checkpoints" / "last.ckpt")
+    ckpt = old / "checkpoints" / "last.ckpt"
+    assert resolve_resume(str(ckpt)) == (old, ckpt)
+    assert resolve_resume_argv(["train.py", "resume=false", "a=1"]) == ["train.py", "a=1"]
+    assert resolve_resume_argv(["train.py", "a=1"]) == ["train.py", "a=1"]
+    with pytest.raises(CheckpointError, match="no such run folder"):
+        resolve_resume(str(tmp_path / "nope"))
+    with pytest.raises(CheckpointError, match="has no checkpoints/last.ckpt"):
+        resolve_resume(str(tmp_path))
+    with pytest.raises(CheckpointError, match="one run"):
+        resolve_resume_argv(["train.py", "-m", "resume=true"])
+    assert new.is_dir()
+
+
+def test_resume_without_a_run_is_one_line(tmp_path):
+    result = run_train("resume=true", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "error: no run to resume under outputs/ (none has checkpoints/last.ckpt): start one with "
+        "`python train.py`, or pass resume=<run folder>"
+    ]
+
+
+# --- a real run killed with SIGKILL part-way, then `python train.py resume=true` --------------
+
+
+def _scalar_steps(event_file: Path, tag: str) -> list[int]:
+    return [e.step for e in read_events(event_file).Scalars(tag)]
+
+
+def test_sigkill_then_resume_true(tmp_path, corpus_file):
+    steps = 150
+    overrides = [*without(TINY_OVERRIDES, "trainer.max_steps"), f"trainer.max_steps={steps}",
+                 f"data.path={corpus_file}"]  # fmt: skip
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    killed_at = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            lasts = list(tmp_path.glob("outputs/runs/*/checkpoints/last.ckpt"))
+            if lasts:
+                killed_at = load_ckpt(lasts[0])["global_step"]  # atomic: never torn
+                if killed_at >= 20:
+                    proc.send_signal(signal.SIGKILL)
+                    break
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert 0 < killed_at < steps
+    best_before = json.loads((run / "best" / "metadata.json").read_text())["val_loss"]
+    (first_events,) = (run / "tensorboard").glob("events.out.tfevents.*")
+
+    result = run_train("resume=true", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == [run]  # its own folder
+    last = load_ckpt(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == steps
+    best_after = json.loads((run / "best" / "metadata.json").read_text())
+    assert best_after["val_loss"] <= best_before
+    assert best_after["step"] > killed_at
+    # TensorBoard: the same folder, a second event file that starts where the checkpoint was
+    files = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(files) == 2 and first_events in files
+    (second,) = [f for f in files if f != first_events]
+    resumed_steps = _scalar_steps(second, "train/loss")
+    assert resumed_steps and min(resumed_steps) >= killed_at and max(resumed_steps) >= steps - 10
+    val_steps = _scalar_steps(second, "val/loss")
+    assert min(val_steps) > killed_at and max(val_steps) == steps
+    log = (run / "train.log").read_text()
+    assert log.count("model: 1 layers") == 2  # both sessions appended to the one log
+    assert "Traceback" not in log

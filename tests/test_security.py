@@ -1,0 +1,190 @@
+"""Files from strangers cannot run code or steer the loaders: crafted pickles are refused by every
+path that reads a .ckpt (load_model, chat.py, train.py ckpt_path= and resume=, Lightning's own
+reader), JSON files are type-checked, and links out of a model folder are not followed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, TINY_OVERRIDES, compose_config, run_train
+
+from tinyllm.artifacts import ArtifactError, load_model, save_artifacts
+from tinyllm.checkpointing import AtomicCheckpointIO, CheckpointError, verify_checkpoint
+from tinyllm.model import ModelConfig, Transformer
+from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.training import train
+
+
+class _Payload:
+    """Unpickling this creates the marker file: it must never happen."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.fixture
+def evil(tmp_path) -> tuple[Path, Path]:
+    """(checkpoint, marker): a run's last.ckpt that looks like Lightning's but carries code."""
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil_run" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 5, "loops": {}, "payload": _Payload(marker)}, ckpt)
+    return ckpt, marker
+
+
+def test_the_payload_is_real(evil):
+    """Control: a plain torch.load would run it, so the tests below prove something."""
+    ckpt, marker = evil
+    torch.load(ckpt, weights_only=False)
+    assert marker.exists()
+
+
+def test_load_model_refuses(evil):
+    ckpt, marker = evil
+    with pytest.raises(ArtifactError, match="cannot be loaded safely"):
+        load_model(ckpt)
+    assert not marker.exists()
+
+
+def test_lightning_checkpoint_reader_refuses(evil):
+    ckpt, marker = evil
+    with pytest.raises(Exception, match="(?i)weights_only|unsupported global"):
+        AtomicCheckpointIO().load_checkpoint(ckpt, weights_only=False)  # asked for, not granted
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        verify_checkpoint(ckpt)
+    assert not marker.exists()
+
+
+def test_train_ckpt_path_refuses(evil, tmp_path, corpus_file):
+    ckpt, marker = evil
+    run = tmp_path / "run"
+    cfg = compose_config([*TINY_OVERRIDES, f"data.path={corpus_file}", f"ckpt_path={ckpt}"], run)
+    with pytest.raises(CheckpointError, match=r"cannot be loaded safely .*written by tinyllm"):
+        train(cfg)
+    assert not marker.exists()
+    assert not run.exists()  # refused before anything was written
+
+
+def test_train_resume_refuses(evil, tmp_path):
+    ckpt, marker = evil
+    result = run_train(f"resume={ckpt.parent.parent}", "print_config=false", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    (error,) = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert f"checkpoint {ckpt} cannot be loaded safely" in error
+    assert not marker.exists()
+
+
+def test_chat_refuses(evil):
+    ckpt, marker = evil
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), str(ckpt), "--prompt", "a", "--max-tokens", "5"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "cannot be loaded safely" in result.stderr
+    assert not marker.exists()
+
+
+def test_checkpoint_that_is_not_lightnings_is_refused(tmp_path):
+    path = tmp_path / "x.ckpt"
+    torch.save({"weights": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a Lightning training checkpoint"):
+        verify_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        verify_checkpoint(tmp_path / "missing.ckpt")
+
+
+# --- JSON files are type-checked ------------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    tokenizer = CharacterTokenizer().fit("abcdefg \n")
+    model = Transformer(ModelConfig(vocab_size=9, context_length=8, n_layer=1, n_head=2, n_embd=8))
+    console = {"max_tokens": 50, "temperature": 0.8, "top_k": 0}
+    return save_artifacts(
+        tmp_path / "best", model, tokenizer, {"val_loss": 1.0, "console": console}
+    )
+
+
+BAD_JSON = [
+    ("model_config.json", {"n_embd": "8"}, "n_embd must be a"),
+    ("model_config.json", {"n_layer": 1.5}, "n_layer must be a"),
+    ("model_config.json", {"bias": "yes"}, "bias must be a bool"),
+    ("model_config.json", {"tie_weights": 1}, "tie_weights must be a bool"),
+    ("model_config.json", {"dropout": "0.1"}, "dropout must be a number"),
+    ("model_config.json", {"positional": 3}, "positional must be a str"),
+    ("model_config.json", {"n_head": 3}, "model.n_head=3 must divide model.n_embd=8"),
+    ("model_config.json", {"data_path": "/etc/passwd"}, "unknown model config keys"),
+    ("metadata.json", {"val_loss": "low"}, "val_loss must be a number"),
+    ("metadata.json", {"step": True}, "step must be a"),
+    ("metadata.json", {"console": "fast"}, "console must be a dict"),
+    ("metadata.json", {"console": {"max_tokens": "many"}}, "console.max_tokens must be a"),
+    ("metadata.json", {"console": {"max_tokens": -5}}, r"console.max_tokens must be in \[1,"),
+    ("metadata.json", {"console": {"temperature": 1e9}}, r"console.temperature must be in \[0,"),
+    ("metadata.json", {"console": {"top_k": -1}}, r"console.top_k must be in \[0,"),
+    ("tokenizer.json", {"vocab": "abcdefg \n"}, "tokenizer.json is invalid: tokenizer state"),
+    ("tokenizer.json", {"vocab": [1, 2, 3, 4, 5, 6, 7, 8, 9]}, "single characters"),
+    ("tokenizer.json", {"vocab": ["ab"] * 9}, "single characters"),
+    ("tokenizer.json", {"version": "1"}, "version '1' is not supported"),
+    ("tokenizer.json", {"format": None}, "not a tinyllm tokenizer state"),
+]
+
+
+@pytest.mark.parametrize(("name", "change", "message"), BAD_JSON)
+def test_json_with_wrong_types_is_refused(saved, name, change, message):
+    path = saved / name
+    data = json.loads(path.read_text(encoding="utf-8")) | change
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(ArtifactError, match=message) as error:
+        load_model(saved)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", '"text"', "{", "", "\xff\xfe"])
+def test_json_that_is_not_an_object_is_refused(saved, text):
+    (saved / "metadata.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ArtifactError, match="metadata.json"):
+        load_model(saved)
+
+
+# --- links are not followed out of a model folder ------------------------------------------
+
+
+def test_links_out_of_the_model_folder_are_not_followed(saved, tmp_path):
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text((saved / "tokenizer.json").read_text())
+    (saved / "tokenizer.json").unlink()
+    os.symlink(outside, saved / "tokenizer.json")
+    with pytest.raises(ArtifactError, match="links outside its model folder"):
+        load_model(saved)
+    # a link inside the folder is fine
+    (saved / "tokenizer.json").unlink()
+    (saved / "tok.json").write_text(outside.read_text())
+    os.symlink(saved / "tok.json", saved / "tokenizer.json")
+    assert load_model(saved).tokenizer.vocab_size == 9
+
+
+def test_resume_true_looks_only_under_outputs(tmp_path, monkeypatch, evil):
+    """A linked-in last.ckpt (e.g. to a downloaded file) is not picked by resume=true."""
+    ckpt, _ = evil
+    run = tmp_path / "outputs" / "runs" / "r" / "checkpoints"
+    run.mkdir(parents=True)
+    os.symlink(ckpt, run / "last.ckpt")
+    monkeypatch.chdir(tmp_path)
+    from tinyllm.checkpointing import find_resumable_run
+
+    with pytest.raises(CheckpointError, match="no run to resume"):
+        find_resumable_run("outputs")

@@ -1,0 +1,150 @@
+"""Sweeps: the summary table of a `-m` grid, failed jobs in it, and a tiny Optuna search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import TINY_OVERRIDES, run_train
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.types import RunMode
+from omegaconf import OmegaConf
+
+from tinyllm.sweep import RESULT_FILE, SweepSummary, read_results, write_summary
+
+FAST = [o for o in TINY_OVERRIDES if o.split("=")[0] not in ("trainer.max_steps",)]
+FAST += ["trainer.max_steps=10", "training.val_interval=5", "training.sample_frequency=100"]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_sweep_writes_a_summary_best_first(tmp_path, corpus_file):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        "-m", "model.n_layer=1,2", "training.learning_rate=1e-3,3e-3", *FAST,
+        f"data.path={corpus_file}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 4
+    losses = [float(r["val/loss"]) for r in rows]
+    assert losses == sorted(losses)
+    assert [r["rank"] for r in rows] == ["1", "2", "3", "4"]
+    assert {(r["model.n_layer"], r["training.learning_rate"]) for r in rows} == {
+        ("1", "0.001"), ("1", "0.003"), ("2", "0.001"), ("2", "0.003"),
+    }  # fmt: skip
+    for row in rows:  # each row is its job's own best val/loss (as in best/metadata.json)
+        metadata = json.loads((sweep / row["job"] / "best" / "metadata.json").read_text())
+        assert float(row["val/loss"]) == pytest.approx(metadata["val_loss"], abs=1e-4)
+        assert row["status"] == "ok"
+        job_result = json.loads((sweep / row["job"] / RESULT_FILE).read_text())
+        assert job_result["val_loss"] == metadata["val_loss"]
+        assert job_result["overrides"]["model.n_layer"] == row["model.n_layer"]
+
+    markdown = (sweep / "summary.md").read_text(encoding="utf-8").splitlines()
+    assert markdown[0] == (
+        "| rank | job | model.n_layer | training.learning_rate | val/loss | status |"
+    )  # only the overrides that vary between jobs
+    assert len(markdown) == 2 + 4
+    assert markdown[2].startswith(f"| 1 | {rows[0]['job']} | {rows[0]['model.n_layer']} |")
+    # printed at the end too
+    assert "best val/loss first" in result.stdout
+    assert result.stdout.index("best val/loss first") > result.stdout.rindex("Trainer.fit")
+
+
+def fake_job(sweep: Path, num: int, overrides: list[str], status, value):
+    config = OmegaConf.create(
+        {
+            "hydra": {
+                "mode": RunMode.MULTIRUN,
+                "overrides": {"task": overrides},
+                "job": {"num": num},
+                "runtime": {"output_dir": str(sweep / str(num))},
+                "sweep": {"dir": str(sweep)},
+            }
+        }
+    )
+    (sweep / str(num)).mkdir(parents=True)
+    job_return = JobReturn(status=status, _return_value=value)
+    SweepSummary().on_job_end(config=config, job_return=job_return)
+    return config
+
+
+def test_failed_and_nan_jobs_go_last_and_do_not_break_the_summary(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["training.learning_rate=1"], JobStatus.FAILED, RuntimeError("boom\nx"))
+    fake_job(sweep, 1, ["training.learning_rate=2"], JobStatus.COMPLETED, 2.5)
+    fake_job(sweep, 2, ["training.learning_rate=3"], JobStatus.COMPLETED, float("nan"))
+    fake_job(sweep, 3, ["training.learning_rate=4"], JobStatus.COMPLETED, None)
+    config = fake_job(sweep, 4, ["training.learning_rate=5"], JobStatus.COMPLETED, 1.5)
+
+    results = read_results(sweep)
+    assert [r["job"] for r in results] == [4, 1, 0, 2, 3]
+    assert [r["status"] for r in results] == ["ok", "ok", "failed", "no val/loss", "no val/loss"]
+    assert results[2]["error"] == "boom"
+    assert all(r["val_loss"] is None for r in results[2:])
+
+    rows = read_csv(sweep / "summary.csv")  # written after every job, before the sweep ends
+    assert [r["job"] for r in rows] == ["4", "1", "0", "2", "3"]
+    assert [r["val/loss"] for r in rows] == ["1.5000", "2.5000", "", "", ""]
+
+    SweepSummary().on_multirun_end(config=config)
+    out = capsys.readouterr().out
+    assert "best val/loss first" in out and "failed" in out
+    (sweep / "5").mkdir()
+    (sweep / "5" / RESULT_FILE).write_text("{not json")  # a damaged file is left out
+    assert len(write_summary(sweep)) == 5
+
+
+def test_single_runs_write_no_result_file(tmp_path):
+    config = OmegaConf.create(
+        {"hydra": {"mode": RunMode.RUN, "runtime": {"output_dir": str(tmp_path)}}}
+    )
+    SweepSummary().on_job_end(config=config, job_return=JobReturn(JobStatus.COMPLETED, 1.0))
+    assert not (tmp_path / RESULT_FILE).exists()
+
+
+def test_optuna_search_two_trials(tmp_path, corpus_file):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "search"
+    # no -m: the search config switches to MULTIRUN itself
+    result = run_train(
+        "hparams_search=optuna", "hydra.sweeper.n_trials=2", *FAST, "trainer.max_steps=5",
+        f"data.path={corpus_file}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert set(best["best_params"]) == {
+        "training.learning_rate", "model.n_embd", "model.n_layer", "model.dropout",
+    }  # fmt: skip
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 2
+    assert float(rows[0]["val/loss"]) == pytest.approx(best["best_value"], abs=1e-4)
+    for row in rows:  # each trial's sampled values reached its job's config
+        cfg = OmegaConf.load(sweep / row["job"] / "config.yaml")
+        assert 3e-4 <= cfg.training.learning_rate <= 1e-2
+        assert cfg.model.n_embd in (64, 128, 192, 256) and cfg.model.n_layer in (2, 4, 6)
+        assert 0.0 <= cfg.model.dropout <= 0.2
+        assert math.isfinite(float(row["val/loss"]))
+
+
+def test_a_bad_job_fails_alone_and_the_sweep_goes_on(tmp_path, corpus_file):
+    sweep = tmp_path / "sweep"
+    result = run_train(
+        "-m", "model.n_head=3,2", *FAST, "trainer.max_steps=5",
+        f"data.path={corpus_file}", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode != 0  # Hydra reports the failed job at the end
+    rows = read_csv(sweep / "summary.csv")
+    assert [(r["model.n_head"], r["status"]) for r in rows] == [("2", "ok"), ("3", "failed")]
+    assert (sweep / "1" / "best" / "model.safetensors").is_file()  # the good job still ran
+    failed = json.loads((sweep / "0" / RESULT_FILE).read_text())
+    assert failed["error"].startswith("model.n_head=3 must divide model.n_embd=32")

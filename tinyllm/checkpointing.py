@@ -1,0 +1,300 @@
+"""Checkpoints that survive kills and cannot run code, and resuming a run where it stopped.
+
+* `AtomicCheckpointIO`: Lightning's checkpoint writer, but every `.ckpt` is written to a hidden
+  temporary sibling, fsynced and renamed over the target, so a kill at any moment leaves the
+  old file or the new one, never a torn one; reads always use `torch.load(weights_only=True)`.
+* `ResumableDataLoader`: the training loader whose position inside an epoch (how many batches
+  were handed out) travels in the checkpoint, so a resumed run continues the same epoch's
+  random windows where it stopped instead of starting the epoch's draw over.
+* `TrainingStateCallback`: the Python, NumPy and torch random number generators, saved with
+  each checkpoint and restored when training resumes.
+* `resolve_resume_argv`: turns `python train.py resume=true` (the newest run under outputs/ with
+  a `checkpoints/last.ckpt`) or `resume=PATH` (a run folder or a .ckpt inside one) into the
+  run's own overrides plus `hydra.run.dir=<that run> ckpt_path=<its last.ckpt>`, so the run
+  continues in its own folder: same config, same TensorBoard curves, same train.log.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch.utils.data import DataLoader
+
+from tinyllm.config import ConfigError
+from tinyllm.io import write_atomic_with
+
+log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "last.ckpt"
+CHECKPOINT_DIR = "checkpoints"
+DEFAULT_LOG_DIR = "outputs"
+# overrides that name the run itself; a resumed run gets them anew
+_RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be resumed from; the message says which and what to do."""
+
+
+# --- writing and reading .ckpt files --------------------------------------------------------
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write checkpoints atomically (temp file + fsync + rename); read them without pickle code."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
+        if storage_options is not None:
+            raise TypeError("AtomicCheckpointIO takes no storage_options")
+        write_atomic_with(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+    def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None) -> dict:
+        # never unpickle arbitrary objects, whatever the caller asked for
+        return super().load_checkpoint(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def verify_checkpoint(path: str | Path) -> Path:
+    """Check that `path` is a checkpoint Lightning can resume from without running pickled code.
+
+    Reading it with `weights_only=True` refuses any pickle that would construct arbitrary
+    objects (a crafted file cannot run code); the checks after that catch files that are not
+    Lightning training checkpoints before Lightning fails on them half-way through its restore.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: pass ckpt_path=<run>/checkpoints/last.ckpt "
+            "or resume=<run folder>"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any failure means "not a safe checkpoint"
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"checkpoint {path} cannot be loaded safely (weights_only=True refused it: "
+            f"{reason}); resume only from checkpoints written by tinyllm"
+        ) from None
+    missing = [k for k in ("state_dict", "global_step", "loops") if k not in checkpoint]
+    if not isinstance(checkpoint, dict) or missing:
+        raise CheckpointError(
+            f"checkpoint {path} is not a Lightning training checkpoint (missing {missing}); "
+            "resume from a run's checkpoints/last.ckpt"
+        )
+    return path
+
+
+# --- where in the data the run was ---------------------------------------------------------
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (`state_dict`/`load_state_dict`): the epoch its
+    sampler is in and how many batches of that epoch were handed to training.
+
+    On resume the sampler's `skip` attribute is set so the next iteration of that epoch leaves
+    out the windows already trained on (the sampler draws the whole epoch from its seed and
+    epoch, so the remaining windows are exactly those the interrupted run would have seen).
+    Lightning does not prefetch from a loader with a known length, so the count of batches
+    yielded is the count of batches trained on when a checkpoint is taken after a step.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_yielded = 0
+        self._resume_batches = 0
+
+    def __iter__(self) -> Iterator:
+        self._batches_yielded = self._resume_batches
+        self._resume_batches = 0
+        # made now, not at the first batch: creating it draws a seed from the global RNG, which
+        # must happen before TrainingStateCallback restores the RNG, as in the original run
+        return self._counted(super().__iter__())
+
+    def _counted(self, batches: Iterator) -> Iterator:
+        for batch in batches:
+            self._batches_yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": int(getattr(self.sampler, "epoch", 0)),
+            "batches": int(self._batches_yielded),
+            "batch_size": int(self.batch_size or 1),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        batches = int(state.get("batches", 0))
+        if batches >= len(self):  # the epoch was finished: the next one starts afresh
+            return
+        if hasattr(self.sampler, "skip") and hasattr(self.sampler, "epoch"):
+            self.sampler.epoch = int(state.get("epoch", 0))
+            self.sampler.skip = batches * int(state.get("batch_size", self.batch_size or 1))
+            self._resume_batches = batches
+            log.info("resuming the data at batch %d of epoch %d", batches, self.sampler.epoch)
+
+
+# --- random number generators --------------------------------------------------------------
+
+
+def _rng_state() -> dict:
+    """Every RNG state as plain types, so checkpoints still load with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    if "numpy" in state:
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    if "torch" in state:
+        torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class TrainingStateCallback(L.Callback):
+    """Save the RNG states with every checkpoint; put them back when training resumes."""
+
+    def __init__(self) -> None:
+        self._pending: dict | None = None
+
+    def state_dict(self) -> dict:
+        return {"rng": _rng_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._pending = state_dict.get("rng")
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # Lightning counts the logger's step (`_batches_that_stepped`) up only after a
+        # validation, and on restart adds the missing 1 only for checkpoints saved in
+        # on_train_batch_end. A checkpoint saved at a validation during fit (ModelCheckpoint's
+        # best and last) would resume every TensorBoard curve one step behind: store the count
+        # the step will have had.
+        if trainer.state.fn == "fit" and trainer.validating:
+            loop = checkpoint.get("loops", {}).get("fit_loop", {})
+            state = loop.get("epoch_loop.state_dict")
+            if isinstance(state, dict) and "_batches_that_stepped" in state:
+                state["_batches_that_stepped"] = trainer.global_step
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # restored here, not at load time: building the loaders in between draws numbers too
+        if self._pending is not None:
+            _set_rng_state(self._pending)
+            self._pending = None
+
+
+# --- resume=true / resume=PATH ---------------------------------------------------------------
+
+
+def find_resumable_run(log_dir: str | Path = DEFAULT_LOG_DIR) -> Path:
+    """The run folder under `log_dir` whose `checkpoints/last.ckpt` was written most recently."""
+    log_dir = Path(log_dir)
+    candidates = [
+        p
+        for p in log_dir.glob(f"**/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
+        if p.is_file() and not p.is_symlink()
+    ]
+    if not candidates:
+        raise CheckpointError(
+            f"no run to resume under {log_dir}/ (none has {CHECKPOINT_DIR}/{LAST_CHECKPOINT}): "
+            "start one with `python train.py`, or pass resume=<run folder>"
+        )
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
+
+
+def resolve_resume(value: str, log_dir: str | Path = DEFAULT_LOG_DIR) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for `resume=VALUE`: true (the newest run), a run folder, or a
+    .ckpt inside a run's checkpoints/ folder."""
+    if value.strip().lower() in ("true", "yes", "1", "latest", "last"):
+        run = find_resumable_run(log_dir)
+        return run, run / CHECKPOINT_DIR / LAST_CHECKPOINT
+    path = Path(value).expanduser()
+    if path.is_file() and path.suffix == ".ckpt":
+        if path.parent.name != CHECKPOINT_DIR:
+            raise CheckpointError(
+                f"{path} is not inside a run's {CHECKPOINT_DIR}/ folder: resume=<run folder>, "
+                f"or start a new run from it with ckpt_path={path}"
+            )
+        return path.parent.parent, path
+    if path.is_dir():
+        ckpt = path / CHECKPOINT_DIR / LAST_CHECKPOINT
+        if ckpt.is_file():
+            return path, ckpt
+        raise CheckpointError(
+            f"{path} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} to resume from "
+            "(pass a run folder of `python train.py`)"
+        )
+    raise CheckpointError(f"resume={value}: no such run folder or checkpoint")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _saved_overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); resume with ckpt_path= instead") from None
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise CheckpointError(f"{path} is not a list of overrides; resume with ckpt_path=")
+    return [o for o in saved if _key(o) not in _RUN_KEYS]
+
+
+def resolve_resume_argv(argv: list[str]) -> list[str]:
+    """`train.py ... resume=X` -> the run's saved overrides + yours + its folder and last.ckpt.
+
+    Overrides given now win over the saved ones with the same key (e.g. a larger
+    `trainer.max_steps` to train on). Without `resume=` (or with resume=false/null) `argv` is
+    returned unchanged. Multirun (`-m`) cannot resume; its jobs are resumed one by one.
+    """
+    resume = [a for a in argv[1:] if a.startswith("resume=")]
+    if not resume:
+        return argv
+    value = resume[-1].split("=", 1)[1]
+    if value.strip().lower() in ("", "false", "no", "0", "null", "none"):
+        return [a for a in argv if not a.startswith("resume=")]
+    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
+    user = [a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")]
+    log_dir = next((a.split("=", 1)[1] for a in user if _key(a) == "paths.log_dir"), None)
+    run, ckpt = resolve_resume(value, log_dir or DEFAULT_LOG_DIR)
+    user_keys = {_key(a) for a in user if "=" in a}
+    saved = [o for o in _saved_overrides(run) if _key(o) not in user_keys]
+    run_dir = [] if "hydra.run.dir" in user_keys else [f"hydra.run.dir={run}"]
+    return [argv[0], *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]
+
+
+def resume_command(run_dir: str | Path) -> str:
+    """The one command that continues `run_dir` (printed when a run is interrupted)."""
+    run_dir = Path(run_dir).resolve()
+    try:
+        shown = run_dir.relative_to(Path.cwd())
+    except ValueError:
+        shown = run_dir
+    name = Path(sys.argv[0]).name if sys.argv else ""
+    if name.startswith("tinyllm-"):  # the installed command (tinyllm/cli.py)
+        return f"{name} resume={shown}"
+    script = name if name.endswith(".py") else "train.py"
+    return f"python {script} resume={shown}"

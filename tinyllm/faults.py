@@ -1,0 +1,173 @@
+"""Faults a training run must survive: Ctrl-C / SIGTERM, and a loss that stops being a number.
+
+`FaultGuard` is a Lightning callback that train.py always adds:
+
+* SIGINT (Ctrl-C) or SIGTERM during training: the step in progress finishes, then
+  `<run>/checkpoints/last.ckpt` is saved (atomically), the best artifacts are written if no
+  validation has written them yet, one line tells how to resume, and `TrainingInterrupted`
+  ends the run (train.py exits 130 or 143, without a traceback). A second Ctrl-C stops at once
+  (Lightning's own KeyboardInterrupt handling), keeping the last checkpoint already on disk.
+* A NaN or infinite training loss (checked before it is back-propagated, so the weights never
+  take the bad step) or validation loss raises `NonFiniteLossError`: nothing more is saved, so
+  the best artifacts and checkpoints from before stay as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from tinyllm.artifacts import WEIGHTS_FILE
+from tinyllm.callbacks import BestArtifactsCallback
+from tinyllm.checkpointing import LAST_CHECKPOINT, resume_command
+
+log = logging.getLogger(__name__)
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving; `exit_code` is the conventional 128 + signal."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, command: str):
+        self.signum = signum
+        self.exit_code = EXIT_CODES.get(signum, 1)
+        name = signal.Signals(signum).name
+        saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved"
+        super().__init__(f"training interrupted by {name} at step {step}; {saved}")
+        self.command = command
+
+
+class NonFiniteLossError(Exception):
+    """The loss became NaN or infinite; the message says what to change."""
+
+
+class FaultGuard(L.Callback):
+    def __init__(self, run_dir: str | Path, checkpoint_dir: str | Path | None = None):
+        self.run_dir = Path(run_dir)
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.requested: int | None = None
+        self._previous: dict[int, object] = {}
+
+    # --- signals ------------------------------------------------------------------------------
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        self.requested = signum
+        log.warning(
+            "%s received: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+            signal.Signals(signum).name,
+        )
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # after Lightning registered its own SIGTERM handler in Trainer._run: ours replaces it
+        # (Lightning's would stop only at the end of an epoch), and Lightning restores the
+        # original handlers when it tears down
+        self.requested = None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                return
+
+    def _restore_signals(self) -> None:
+        for signum, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler)
+        self._previous.clear()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_signals()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore_signals()
+        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
+            last = self._last_checkpoint_path(trainer)
+            if last is not None and last.is_file():
+                log.error("stopped at once; the last checkpoint on disk is %s", last)
+                log.error("resume with:   %s", resume_command(self.run_dir))
+
+    def _last_checkpoint_path(self, trainer) -> Path | None:
+        if self.checkpoint_dir is not None:
+            return self.checkpoint_dir / LAST_CHECKPOINT
+        for callback in trainer.checkpoint_callbacks:
+            if getattr(callback, "dirpath", None):
+                return Path(callback.dirpath) / LAST_CHECKPOINT
+        return None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.requested is None:
+            return
+        signum, self.requested = self.requested, None
+        last = self._last_checkpoint_path(trainer) or self.run_dir / "checkpoints" / LAST_CHECKPOINT
+        trainer.save_checkpoint(last)
+        for callback in trainer.callbacks:
+            # the best model so far is on disk already if a validation ran; if none did, the
+            # current weights are the best there is
+            if (
+                isinstance(callback, BestArtifactsCallback)
+                and not callback.exported
+                and not (callback.dirpath / WEIGHTS_FILE).exists()
+            ):
+                callback.export(trainer, pl_module)
+        command = resume_command(self.run_dir)
+        raise TrainingInterrupted(signum, trainer.global_step, last, command)
+
+    # --- non-finite loss ----------------------------------------------------------------------
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss.detach()).all():
+            value = float(loss.detach().float().mean())
+            self._stop(trainer, pl_module, f"training loss became {value} at step "
+                       f"{trainer.global_step}")  # fmt: skip
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get("val/loss")
+        if value is not None and not math.isfinite(float(value)):
+            self._stop(trainer, pl_module, f"validation loss became {float(value)} at step "
+                       f"{trainer.global_step}")  # fmt: skip
+
+    def _stop(self, trainer, pl_module, what: str) -> None:
+        rate = pl_module.hparams.get("learning_rate", "?")
+        best = next((c for c in trainer.callbacks if isinstance(c, BestArtifactsCallback)), None)
+        kept = ""
+        if best is not None and best.best_score is not None:
+            score = f"val/loss {best.best_score:.4f}"
+            kept = f"; the best model so far ({score}) is kept in {best.dirpath}"
+        raise NonFiniteLossError(
+            f"{what}: lower training.learning_rate (now {rate}) or raise training.warmup_steps"
+            f"{kept}"
+        )
+
+
+def check_output_argv(argv: list[str]) -> None:
+    """Before Hydra makes the run folder (it would fail with a traceback): the folder named by
+    `hydra.run.dir=` (or `hydra.sweep.dir=` with -m), or else `paths.log_dir` (outputs/), must
+    be a folder we can write in; otherwise a `ValueError` with one line to show."""
+    values = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv[1:] if "=" in a}
+    multirun = any(a in ("-m", "--multirun") for a in argv[1:])
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = values.get(key) or values.get("paths.log_dir") or "outputs"
+    if "$" in folder:  # an interpolation: Hydra resolves it, training.check_output_dir checks
+        return
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ValueError(
+            f"output folder {path} is not writable ({e.strerror or e}): set {key} to a "
+            "writable folder"
+        ) from None

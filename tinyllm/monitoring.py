@@ -1,0 +1,122 @@
+"""What a run shows while it trains: TensorBoard charts, the HPARAMS tab, the progress bar.
+
+- `TensorBoardExtras` logs `train/bpc` (bits per character of each training batch, to compare
+  with `val/bpc`), lays out TensorBoard's Custom Scalars tab so train and val share one chart per
+  metric (loss, bpc) next to the learning rate, tokens/second and gradient norm, and at the end
+  of training writes the run's hyper-parameters with its best `val/loss` to the HPARAMS tab
+  (`hp/best_val_loss`, `hp/best_val_bpc`), so the runs of a sweep can be compared there.
+- `ProgressBar` is Lightning's Rich bar with short metric names (loss, val_loss, tok/s), so they
+  fit in a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+LN2 = math.log(2)
+
+# Custom Scalars: one chart per metric, with the train and val curves on the same axes
+CHARTS = {
+    "loss": ["train/loss", "val/loss"],
+    "bits per character": ["train/bpc", "val/bpc"],
+    "learning rate": ["lr"],
+    "tokens per second": ["train/tokens_per_sec"],
+    "gradient norm": ["train/grad_norm"],
+}
+HP_METRICS = ("hp/best_val_loss", "hp/best_val_bpc")
+
+
+def custom_scalars_layout() -> dict:
+    return {"tinyllm": {title: ["Multiline", tags] for title, tags in CHARTS.items()}}
+
+
+def _tensorboard(trainer: L.Trainer) -> list[TensorBoardLogger]:
+    return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+
+def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """The settings worth comparing across runs: model shape, optimiser, data, batch."""
+    hp = dict(pl_module.hparams)
+    params: dict[str, Any] = {f"model/{k}": v for k, v in dict(hp.pop("model_config", {})).items()}
+    params |= {f"optim/{k}": v for k, v in hp.items()}
+    datamodule = trainer.datamodule
+    for name in ("batch_size", "max_context", "val_split", "lowercase", "normalize_whitespace"):
+        if hasattr(datamodule, name):
+            params[f"data/{name}"] = getattr(datamodule, name)
+    if hasattr(datamodule, "source"):
+        params["data/source"] = datamodule.source
+    params["trainer/max_steps"] = trainer.max_steps
+    params["trainer/world_size"] = trainer.world_size
+    params["trainer/precision"] = str(trainer.precision)
+    # TensorBoard's HPARAMS plugin takes numbers, strings and booleans
+    return {
+        k: v if isinstance(v, bool | int | float | str) else str(v)
+        for k, v in params.items()
+        if v is not None
+    } | {k: "null" for k, v in params.items() if v is None}
+
+
+class TensorBoardExtras(L.Callback):
+    """train/bpc, a Custom Scalars layout and the HPARAMS tab with the best val/loss."""
+
+    def __init__(self, monitor: str = "val/loss"):
+        self.monitor = monitor
+        self.best: float | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            for logger in _tensorboard(trainer):
+                logger.experiment.add_custom_scalars(custom_scalars_layout())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            pl_module.log("train/bpc", loss.detach() / LN2)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None or not math.isfinite(float(score)):
+            return
+        if self.best is None or float(score) < self.best:
+            self.best = float(score)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.best is None or not trainer.is_global_zero:
+            return
+        metrics = {HP_METRICS[0]: self.best, HP_METRICS[1]: self.best / LN2}
+        params = run_hyperparameters(trainer, pl_module)
+        for logger in _tensorboard(trainer):
+            logger.log_hyperparams(params, metrics, step=trainer.global_step)
+            logger.experiment.flush()
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.best = state_dict.get("best")
+
+
+class ProgressBar(RichProgressBar):
+    """Rich progress bar showing `loss`, `val_loss` and `tok/s` (short enough not to wrap)."""
+
+    SHORT_NAMES = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_sec": "tok/s"}
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)
+        shown = {}
+        for name, value in metrics.items():
+            short = self.SHORT_NAMES.get(name, name)
+            if short == "tok/s":
+                with contextlib.suppress(TypeError, ValueError):
+                    value = f"{float(value):,.0f}"
+            shown[short] = value
+        return shown

@@ -1,0 +1,189 @@
+"""The summary table of a `-m` sweep: overrides and best `val/loss` of every job, best first.
+
+`SweepSummary` is a Hydra callback (registered in configs/hydra/default.yaml). At the end of
+every multirun job it writes the job's `result.json` (overrides, status, best `val/loss`) into
+the job's folder and rewrites the sweep's summary from all the results so far, so the table is
+there even when a job fails and Hydra stops the sweep. At the end of the sweep it prints it:
+
+    outputs/multiruns/<time>/
+      0/ 1/ ...           one folder per job (result.json in each)
+      summary.csv         job, status, val_loss and every override as its own column
+      summary.md          the same as a Markdown table (only the overrides that vary)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from tinyllm.io import write_atomic
+
+log = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+SUMMARY_CSV = "summary.csv"
+SUMMARY_MD = "summary.md"
+METRIC = "val/loss"
+
+
+def _score(value: Any) -> float | None:
+    """A finite float, or None for a job that returned nothing usable (failed, NaN, no val)."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        return None
+    return score if math.isfinite(score) else None
+
+
+def job_result(config: DictConfig, job_return: JobReturn) -> dict:
+    """What one job contributes to the summary."""
+    failed = job_return.status != JobStatus.COMPLETED
+    value = None if failed else job_return._return_value
+    score = _score(value)
+    overrides = dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)
+    if failed:
+        status, error = "failed", str(job_return._return_value).strip().splitlines()[:1]
+    else:
+        status, error = ("ok" if score is not None else "no val/loss"), []
+    return {
+        "job": int(config.hydra.job.num),
+        "output_dir": str(config.hydra.runtime.output_dir),
+        "overrides": overrides,
+        "status": status,
+        "val_loss": score,
+        "error": error[0] if error else None,
+    }
+
+
+def read_results(sweep_dir: Path) -> list[dict]:
+    """Every job's result.json under `sweep_dir`, best `val/loss` first, failed jobs last."""
+    results = []
+    for path in Path(sweep_dir).glob(f"**/{RESULT_FILE}"):
+        try:
+            results.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError):
+            continue  # a job being written right now, or damaged: leave it out
+    return sorted(
+        results,
+        key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0, r.get("job", 0)),
+    )
+
+
+def _override_keys(results: list[dict], varying_only: bool) -> list[str]:
+    keys = sorted({k for r in results for k in r.get("overrides", {})})
+    if not varying_only or len(results) < 2:
+        return keys
+    varying = [k for k in keys if len({r["overrides"].get(k) for r in results}) > 1]
+    return varying or keys
+
+
+def _shown(score: float | None) -> str:
+    return "" if score is None else f"{score:.4f}"
+
+
+def summary_rows(results: list[dict], varying_only: bool) -> tuple[list[str], list[list[str]]]:
+    keys = _override_keys(results, varying_only)
+    header = ["rank", "job", *keys, METRIC, "status"]
+    rows = []
+    for rank, r in enumerate(results, 1):
+        overrides = r.get("overrides", {})
+        cells = [str(rank), str(r.get("job", "")), *(overrides.get(k, "") for k in keys)]
+        rows.append([*cells, _shown(r.get("val_loss")), r.get("status", "")])
+    return header, rows
+
+
+def to_csv(results: list[dict]) -> str:
+    header, rows = summary_rows(results, varying_only=False)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def to_markdown(results: list[dict]) -> str:
+    header, rows = summary_rows(results, varying_only=True)
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
+
+
+def write_summary(sweep_dir: Path) -> list[dict]:
+    """(Re)write summary.csv and summary.md from the results under `sweep_dir`."""
+    sweep_dir = Path(sweep_dir)
+    results = read_results(sweep_dir)
+    if results:
+        write_atomic(sweep_dir / SUMMARY_CSV, to_csv(results).encode("utf-8"))
+        write_atomic(sweep_dir / SUMMARY_MD, to_markdown(results).encode("utf-8"))
+    return results
+
+
+def print_summary(results: list[dict], sweep_dir: Path) -> None:
+    import rich
+    from rich.table import Table
+
+    header, rows = summary_rows(results, varying_only=True)
+    table = Table(title=f"sweep {sweep_dir}: best {METRIC} first")
+    for name in header:
+        table.add_column(name, justify="right" if name in ("rank", "job", METRIC) else "left")
+    for row in rows:
+        table.add_row(*row)
+    rich.print(table)
+
+
+class SweepJobError(RuntimeError):
+    """A multirun job stopped on an error (already logged): the job fails, the sweep goes on."""
+
+
+def exit_job(code: int, error: object) -> NoReturn:
+    """Stop this job after an error that has been logged as one line.
+
+    A single run exits with `code`. A multirun job raises `SweepJobError` instead: Hydra then
+    records the job as failed (its row in the summary says why) and runs the other jobs, where
+    `sys.exit` would end the whole sweep at its first bad combination.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise SweepJobError(message) from None
+    sys.exit(code)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: result.json per job, summary.csv/summary.md per sweep (see module doc)."""
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        from hydra.types import RunMode
+
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        try:
+            result = job_result(config, job_return)
+            output_dir = Path(config.hydra.runtime.output_dir)
+            data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+            write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
+            write_summary(Path(config.hydra.sweep.dir))
+        except Exception as e:  # noqa: BLE001 - a summary must never break the sweep itself
+            log.warning("could not write the sweep summary: %s", e)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        results = write_summary(sweep_dir)
+        if not results:
+            return
+        print_summary(results, sweep_dir)
+        log.info("sweep summary: %s, %s", sweep_dir / SUMMARY_MD, sweep_dir / SUMMARY_CSV)
