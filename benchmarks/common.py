@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from tinyllm.module import LanguageModel, warmup_cosine
-from tinyllm.training import instantiate_group, route_lightning_logs_to_root
+from tinyllm.training import build_model_config, instantiate_group, route_lightning_logs_to_root
 
 ROOT = Path(__file__).resolve().parent.parent
 # the configs ship inside the package (the repository's configs/ links there)
@@ -93,14 +93,11 @@ class Pipeline:
         self.datamodule = instantiate(cfg.data)
         self.datamodule.prepare_data()
         self.datamodule.setup("fit")
-        settings = OmegaConf.to_container(cfg.model, resolve=True)
-        self.compile = bool(settings.pop("compile", False))
-        self.model_config = instantiate(settings, vocab_size=self.datamodule.tokenizer.vocab_size)
+        self.compile = bool(cfg.model.get("compile", False))
+        vocab_size = self.datamodule.tokenizer.vocab_size
+        self.model_config = build_model_config(cfg.model, vocab_size=vocab_size)
         self.module: LanguageModel = instantiate(
-            cfg.module,
-            model_config=self.model_config.to_dict(),
-            compile=self.compile,
-            optimizer_impl=cfg.training.get("optimizer_impl", "auto"),
+            cfg.module, model_config=self.model_config.to_dict()
         )
         self.tokens_per_step = cfg.training.batch_size * cfg.training.max_context
         self._batches = None

@@ -19,11 +19,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
 from benchmarks.common import compose_config, machine, median
 from tinyllm.model import ModelConfig, Transformer
+from tinyllm.training import build_model_config
 
 PROMPT = [0, 1, 2, 3]  # a short prompt (4 characters); ids are arbitrary for speed
 TEMPERATURE, TOP_K = 0.8, 200
@@ -33,9 +32,7 @@ NANOGPT_CPU = {"n_layer": 4, "n_head": 4, "n_embd": 128, "context_length": 64, "
 def default_model_config(vocab_size: int = 65) -> ModelConfig:
     """The model of `python train.py` as the configs define it."""
     cfg = compose_config(None, [], "/tmp")
-    settings = OmegaConf.to_container(cfg.model, resolve=True)
-    settings.pop("compile", None)
-    return instantiate(settings, vocab_size=vocab_size)
+    return build_model_config(cfg.model, vocab_size=vocab_size)
 
 
 @torch.no_grad()

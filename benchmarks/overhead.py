@@ -41,7 +41,7 @@ def measure(corpus, overrides, rounds: int, steps: int, warm: int = 3) -> dict:
 
 
 def run(corpus: str | None, quick: bool = False, configs=None, extra=()) -> dict:
-    rounds, steps = (2, 3) if quick else (6, 40)
+    rounds, steps = (2, 3) if quick else (5, 30)
     results = {}
     for name in configs or CONFIGS:
         overrides = [*CONFIGS[name], *(QUICK if quick else []), *extra]

@@ -19,22 +19,22 @@ from tinyllm.tokenizer import UnknownCharactersError
 
 # --- train.py ------------------------------------------------------------------------------
 
-# Every case runs through train.py's real `main` (Hydra included) inside ONE subprocess, to keep
-# the start-up cost of torch and Lightning to one: stdout and stderr are captured per case.
+# Every case runs train.py as `python train.py ARGS` would (its `__main__` block, Hydra
+# included) inside ONE subprocess, to pay the start-up cost of torch and Lightning once: stdout
+# and stderr are captured per case.
 DRIVER = textwrap.dedent(
     """
     import contextlib, io, json, runpy, sys, traceback
     sys.path.insert(0, sys.argv[1])
-    namespace = runpy.run_path(sys.argv[1] + "/train.py", run_name="train_cases")
+    script = sys.argv[1] + "/train.py"
     results = []
     for argv in json.loads(sys.stdin.read()):
         out, err = io.StringIO(), io.StringIO()
         code = 0
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            sys.argv = ["train.py", *argv]
+            sys.argv = [script, *argv]
             try:
-                namespace["check_output_argv"](sys.argv)
-                namespace["main"]()
+                runpy.run_path(script, run_name="__main__")
             except SystemExit as e:
                 code = e.code
             except BaseException:
@@ -51,6 +51,7 @@ CORPORA = {
     "binary.bin": bytes(range(256)) * 40,
     "latin1.txt": ("Caf\xe9 na\xefve r\xe9sum\xe9 " * 400).encode("latin-1"),
     "short.txt": b"ROMEO:\nHello there.\n",
+    "a-file": b"",
 }
 
 # (id, overrides, exit code, the one line must contain)
@@ -68,9 +69,16 @@ TRAIN_CASES = [
     ("lr < 0", ["training.learning_rate=-1e-3"], 2, "training.learning_rate must be > 0"),
     ("heads", ["model.n_head=3"], 2, "model.n_head=3 must divide model.n_embd=32"),
     # Hydra's own messages (exit 1): the first line names the key, the next ones the options
-    ("unknown key", ["training.learning_rat=1e-3"], 1, "override 'training.learning_rat'"),
-    ("unknown group option", ["model=smal"], 1, "Could not find 'model/smal'"),
-]
+    ("hydra: unknown key", ["training.learning_rat=1e-3"], 1, "override 'training.learning_rat'"),
+    ("hydra: unknown group option", ["model=smal"], 1, "Could not find 'model/smal'"),
+    # before Hydra starts (train.py's own check): one `error:` line on stderr
+    ("resume without a run", ["resume=true"], 2, "error: no run to resume under outputs/ "),
+    ("unwritable run folder", ["hydra.run.dir={tmp}/a-file/run"], 2,
+     "is not writable (Not a directory): set hydra.run.dir to a writable folder"),
+    # a loss that stops being a number (tinyllm/faults.py)
+    ("absurd learning rate", ["training.learning_rate=1e6"], 1,
+     "lower training.learning_rate (now 1000000.0)"),
+]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +92,7 @@ def train_results(tmp_path_factory, corpus_file):
         path = (
             [] if any(o.startswith("data.path=") for o in given) else [f"data.path={corpus_file}"]
         )
-        runs.append([*TINY_OVERRIDES, *path, *given, f"hydra.run.dir={tmp}/run{i}"])
+        runs.append([*TINY_OVERRIDES, *path, f"hydra.run.dir={tmp}/run{i}", *given])
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, str(ROOT)], input=json.dumps(runs), capture_output=True,
         text=True, timeout=300, cwd=tmp,
@@ -98,17 +106,17 @@ def train_results(tmp_path_factory, corpus_file):
 )
 def test_bad_training_input(train_results, index, case):
     tmp, results = train_results
-    _, _, code, expected = case
+    name, _, code, expected = case
     result = results[index]
     output = result["output"]
     assert result["code"] == code, output[-3000:]
     assert "Traceback" not in output
-    if code == 1:  # Hydra's message: the problem first, then the fix or the options
+    if name.startswith("hydra:"):  # Hydra's message: the problem first, then the fix or options
         lines = output.strip().splitlines()
         assert expected in lines[0]
         assert "+training.learning_rat" in output or "Available options in 'model'" in output
     else:
-        errors = [line for line in output.splitlines() if "ERROR" in line or "Error" in line]
+        errors = [x for x in output.splitlines() if "ERROR" in x or x.startswith("error:")]
         assert len(errors) == 1, output[-3000:]
         assert expected in errors[0], errors[0]
     # nothing a later run would take for a model or a run to resume

@@ -25,7 +25,7 @@ from tinyllm.data import CharDataModule
 from tinyllm.model import ModelConfig
 from tinyllm.module import LanguageModel
 from tinyllm.monitoring import ProgressBar, TensorBoardExtras
-from tinyllm.training import instantiate_group
+from tinyllm.training import build_model_config, instantiate_group
 
 GROUPS = ("model", "data", "training", "trainer", "callbacks", "logger", "paths", "module")
 GROUPS += ("experiment", "hydra")
@@ -84,13 +84,15 @@ def test_every_option_composes_resolves_validates_and_instantiates(option, tmp_p
     assert isinstance(training, TrainingConfig)
     assert dataclasses.asdict(training) == OmegaConf.to_container(cfg.training, resolve=True)
 
-    model_config = instantiate(cfg.model, vocab_size=65)
+    model_config = build_model_config(cfg.model, vocab_size=65)
     assert isinstance(model_config, ModelConfig)
     assert model_config.context_length == cfg.training.max_context
     assert isinstance(instantiate(cfg.data), CharDataModule)
     module = instantiate(cfg.module, model_config=model_config.to_dict())
     assert isinstance(module, LanguageModel)
     assert module.hparams.learning_rate == cfg.training.learning_rate
+    assert module.hparams.compile == cfg.model.compile
+    assert module.hparams.optimizer_impl == cfg.training.optimizer_impl
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
@@ -145,7 +147,8 @@ def test_smoke_experiment_overrides_the_defaults(tmp_path):
     smoke = compose_config(["experiment=smoke"], tmp_path)
     assert smoke.model.n_layer == compose_config(["model=tiny"], tmp_path).model.n_layer
     assert smoke.trainer.max_steps < default.trainer.max_steps
-    assert smoke.data.batch_size == smoke.training.batch_size != default.training.batch_size
+    assert smoke.data.max_context == smoke.model.context_length == smoke.training.max_context
+    assert smoke.training.max_context != default.training.max_context
 
 
 def test_command_line_style_overrides_reach_every_reader(tmp_path):
@@ -178,7 +181,7 @@ def test_command_line_style_overrides_reach_every_reader(tmp_path):
         ("training.betas=[0.9]", "training.betas"),
         ("training.console_top_k=-1", "training.console_top_k"),
         ("+training.foo=1", "training.foo"),
-        ("model.n_head=3", "model.n_head"),
+        ("model.n_head=5", "model.n_head"),
         ("model.dropout=1.5", "model.dropout"),
         ("model.positional=rotary", "model.positional"),
         ("seed=abc", "seed"),
@@ -193,10 +196,20 @@ def test_invalid_values_raise_one_line_naming_the_key(override, key, tmp_path):
     assert "\n" not in message.strip()
 
 
+def test_fused_optimizer_with_clipping_under_mixed_precision_is_refused(tmp_path):
+    fused = ["training.optimizer_impl=fused", "trainer.precision=bf16-mixed"]
+    with pytest.raises(ConfigError, match=r"set training\.gradient_clip=0"):
+        validate(compose_config([*fused, "training.gradient_clip=1.0"], tmp_path))
+    validate(compose_config([*fused, "training.gradient_clip=0"], tmp_path))
+    validate(
+        compose_config(["training.optimizer_impl=fused", "trainer.precision=32-true"], tmp_path)
+    )
+
+
 def test_n_head_must_divide_the_width(tmp_path):
-    with pytest.raises(ConfigError, match=r"model\.n_head=3 must divide model\.n_embd=128"):
-        validate(compose_config(["model=small", "model.n_head=3"], tmp_path))
-    validate(compose_config(["model=small", "model.n_head=8"], tmp_path))  # 128 / 8 is fine
+    with pytest.raises(ConfigError, match=r"model\.n_head=5 must divide model\.n_embd=192"):
+        validate(compose_config(["model.n_embd=192", "model.n_head=5"], tmp_path))
+    validate(compose_config(["model.n_embd=192", "model.n_head=8"], tmp_path))  # 192 / 8 is fine
 
 
 def test_invalid_value_on_the_command_line_stops_with_one_line(tmp_path, corpus_file):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, compose_config, run_train
+from conftest import ROOT, TINY_OVERRIDES, compose_config
 
 from tinyllm import training
 from tinyllm.artifacts import load_model, save_artifacts
@@ -135,20 +135,7 @@ def test_kill_during_plain_saves_is_caught(tmp_path):
 # --- non-finite loss -----------------------------------------------------------------------
 
 
-def test_absurd_learning_rate_stops_with_one_line(tmp_path, corpus_file):
-    run = tmp_path / "run"
-    result = run_train(*TINY_OVERRIDES, "training.learning_rate=1e6", f"data.path={corpus_file}",
-                       f"hydra.run.dir={run}")  # fmt: skip
-    output = result.stdout + result.stderr
-    assert result.returncode == 1, output[-3000:]
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "[ERROR]" in line]
-    assert len(errors) == 1, output[-3000:]
-    assert "training loss became nan at step" in errors[0] or "became inf" in errors[0]
-    assert "lower training.learning_rate (now 1000000.0)" in errors[0]
-    # nothing written from the broken weights
-    assert not (run / "best").exists()
-    assert not (run / "checkpoints" / "last.ckpt").exists()
+# `training.learning_rate=1e6` through train.py: tests/test_bad_inputs.py ("absurd learning rate")
 
 
 def test_nan_keeps_the_best_artifacts_from_before(tmp_path, corpus_file, monkeypatch):
@@ -195,14 +182,4 @@ def test_full_disk_fails_before_training(tmp_path, corpus_file, monkeypatch):
     assert list(run.iterdir()) == []  # nothing written
 
 
-def test_unwritable_run_folder_is_one_line_from_train_py(tmp_path):
-    # a run folder under a regular file (tests run as root, whom permissions do not stop)
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    result = run_train(*TINY_OVERRIDES, f"hydra.run.dir={blocker}/run", timeout=60)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stdout + result.stderr
-    assert result.stderr.strip().splitlines() == [
-        f"error: output folder {blocker}/run is not writable (Not a directory): "
-        "set hydra.run.dir to a writable folder"
-    ]
+# the same through train.py: tests/test_bad_inputs.py ("unwritable run folder")

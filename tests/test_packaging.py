@@ -78,12 +78,19 @@ def test_own_config_folder(tmp_path):
     (own / "model" / "wide.yaml").write_text(
         "defaults:\n  - small\n  - _self_\nn_embd: 512\nn_head: 8\n", encoding="utf-8"
     )
-    result = command(
-        "tinyllm-train", "--config-dir", str(own), "model=wide", "--cfg", "job", cwd=tmp_path
+    (own / "my_train.yaml").write_text(  # a primary config building on the packaged one
+        "defaults:\n  - train\n  - override model: wide\n  - _self_\nseed: 7\n", encoding="utf-8"
     )
+    result = command(
+        "tinyllm-train", "--config-dir", str(own), "--config-name", "my_train", "--cfg", "job",
+        cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "n_embd: 512" in result.stdout and "n_head: 8" in result.stdout
-    assert "n_layer: 4" in result.stdout  # the rest from the packaged model/small.yaml
+    assert "seed: 7" in result.stdout
+    small = (ROOT / "configs" / "model" / "small.yaml").read_text(encoding="utf-8")
+    n_layer = next(line for line in small.splitlines() if line.startswith("n_layer:"))
+    assert f"  {n_layer}" in result.stdout  # the rest from the packaged model/small.yaml
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinked configs/")

@@ -127,14 +127,7 @@ def test_resume_argv(tmp_path, monkeypatch):
     assert new.is_dir()
 
 
-def test_resume_without_a_run_is_one_line(tmp_path):
-    result = run_train("resume=true", cwd=tmp_path, timeout=60)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr + result.stdout
-    assert result.stderr.strip().splitlines() == [
-        "error: no run to resume under outputs/ (none has checkpoints/last.ckpt): start one with "
-        "`python train.py`, or pass resume=<run folder>"
-    ]
+# `train.py resume=true` with no run to resume: tests/test_bad_inputs.py ("resume without a run")
 
 
 # --- a real run killed with SIGKILL part-way, then `python train.py resume=true` --------------

@@ -188,3 +188,25 @@ def test_resume_true_looks_only_under_outputs(tmp_path, monkeypatch, evil):
 
     with pytest.raises(CheckpointError, match="no run to resume"):
         find_resumable_run("outputs")
+
+
+@pytest.mark.parametrize("change", [{"console": None}, {"val_loss": None, "step": None}])
+def test_null_metadata_values_are_absent_values(saved, change):
+    """Found by tests/test_properties.py: `"console": null` used to raise AttributeError."""
+    path = saved / "metadata.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | change), encoding="utf-8")
+    metadata = load_model(saved).metadata
+    assert metadata.get("console") is None or isinstance(metadata["console"], dict)
+
+
+def test_resume_true_does_not_follow_a_linked_run_folder(tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere" / "checkpoints"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "outputs" / "runs").mkdir(parents=True)
+    os.symlink(elsewhere.parent, tmp_path / "outputs" / "runs" / "linked")
+    monkeypatch.chdir(tmp_path)
+    from tinyllm.checkpointing import find_resumable_run
+
+    with pytest.raises(CheckpointError, match="no run to resume"):
+        find_resumable_run("outputs")

@@ -122,6 +122,8 @@ def check_metadata(data: dict, path: Path) -> dict:
     for key, expected in _METADATA_TYPES.items():
         if data.get(key) is not None and not _is(data[key], expected):
             raise _type_error(path, key, data[key], expected)
+    if "console" in data and data["console"] is None:
+        del data["console"]  # null: no stored console defaults, as if the key were absent
     for key, (expected, low, high) in _CONSOLE_RANGES.items():
         value = data.get("console", {}).get(key)
         if value is None:
@@ -206,9 +208,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
 
 
 def find_latest_best(outputs_dir: str | Path = "outputs") -> Path:
-    """The best/ folder most recently written under `outputs_dir` (newest weights file wins)."""
+    """The best/ folder most recently written by train.py under `outputs_dir`.
+
+    Only the folders train.py makes are searched, runs/<time>/best and
+    multiruns/<time>/<job>/best, so other things kept in outputs/ are never picked by
+    accident; among them the newest weights file wins.
+    """
     outputs_dir = Path(outputs_dir)
-    candidates = list(outputs_dir.glob(f"**/{BEST_DIR}/{WEIGHTS_FILE}"))
+    candidates = [
+        *outputs_dir.glob(f"runs/*/{BEST_DIR}/{WEIGHTS_FILE}"),
+        *outputs_dir.glob(f"multiruns/*/*/{BEST_DIR}/{WEIGHTS_FILE}"),
+    ]
     if not candidates:
         raise ArtifactError(
             f"no trained model under {outputs_dir}/: run `python train.py` first or pass a path"

@@ -205,12 +205,19 @@ class TrainingStateCallback(L.Callback):
 
 
 def find_resumable_run(log_dir: str | Path = DEFAULT_LOG_DIR) -> Path:
-    """The run folder under `log_dir` whose `checkpoints/last.ckpt` was written most recently."""
+    """The run folder under `log_dir` whose `checkpoints/last.ckpt` was written most recently.
+
+    Only the folders train.py makes are searched (runs/<time>/ and multiruns/<time>/<job>/, as
+    chat.py's model lookup), and nothing reached through a link that leads out of `log_dir`.
+    """
     log_dir = Path(log_dir)
+    root = log_dir.resolve()
+    found = [
+        *log_dir.glob(f"runs/*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"),
+        *log_dir.glob(f"multiruns/*/*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"),
+    ]
     candidates = [
-        p
-        for p in log_dir.glob(f"**/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}")
-        if p.is_file() and not p.is_symlink()
+        p for p in found if p.is_file() and not p.is_symlink() and root in p.resolve().parents
     ]
     if not candidates:
         raise CheckpointError(

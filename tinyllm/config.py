@@ -116,6 +116,14 @@ def validate(cfg: DictConfig) -> TrainingConfig:
         ModelConfig.from_dict(model)
     except (TypeError, ValueError) as e:
         raise ConfigError(_one_line(e)) from None
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    if training.optimizer_impl == "fused" and training.gradient_clip > 0 and "mixed" in precision:
+        # Lightning's mixed-precision plugin refuses to clip what a fused optimizer unscales itself
+        raise ConfigError(
+            f"training.optimizer_impl=fused cannot clip gradients under trainer.precision="
+            f"{precision}: set training.gradient_clip=0, training.optimizer_impl=foreach "
+            "or trainer.precision=32-true"
+        )
     if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     return training

@@ -637,9 +637,9 @@ so far as context."""
 EPILOG = """\
 MODEL is a run folder (its best/ is used), a best/ artifacts folder, or a Lightning .ckpt
 (read with weights_only=True). Without MODEL, the most recently written model under ./outputs/
-is used: the newest outputs/**/best/model.safetensors by modification time, i.e. the best
-model of the latest run (`python train.py` writes outputs/runs/<time>/best/). Which model was
-loaded, its val loss and step are printed.
+is used: the newest best/model.safetensors among outputs/runs/*/ and outputs/multiruns/*/*/
+(the folders train.py writes) by modification time, i.e. the best model of the latest run.
+Which model was loaded, its val loss and step are printed.
 
 Modes:
   terminal   an interactive console: /help lists its commands (/temp, /topk, /topp, /max,

@@ -104,9 +104,12 @@ class FaultGuard(L.Callback):
         return None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.requested is None:
+        requested = self.requested is not None
+        if trainer.world_size > 1:  # a signal to one rank stops all of them, at the same step
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
             return
-        signum, self.requested = self.requested, None
+        signum, self.requested = self.requested or signal.SIGTERM, None
         last = self._last_checkpoint_path(trainer) or self.run_dir / "checkpoints" / LAST_CHECKPOINT
         trainer.save_checkpoint(last)
         for callback in trainer.callbacks:

@@ -19,6 +19,7 @@ from tinyllm.checkpointing import AtomicCheckpointIO, TrainingStateCallback, ver
 from tinyllm.config import ConfigError, print_config_tree, validate
 from tinyllm.data import CharDataModule
 from tinyllm.faults import FaultGuard
+from tinyllm.model import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ def instantiate_group(group: DictConfig | None) -> list:
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
 
 
+def build_model_config(model: DictConfig, vocab_size: int) -> ModelConfig:
+    """The `model` group as a ModelConfig; `model.compile` is a training switch the module reads."""
+    settings = OmegaConf.to_container(model, resolve=True)
+    settings.pop("compile", None)
+    return instantiate(settings, vocab_size=vocab_size)
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train as configured; return the best monitored validation loss (for sweepers)."""
     validate(cfg)
@@ -88,15 +96,8 @@ def train(cfg: DictConfig) -> float | None:
     datamodule.setup("fit")
     datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
 
-    model_settings = OmegaConf.to_container(cfg.model, resolve=True)
-    compile_model = bool(model_settings.pop("compile", False))  # not part of ModelConfig
-    model_config = instantiate(model_settings, vocab_size=datamodule.tokenizer.vocab_size)
-    module = instantiate(
-        cfg.module,
-        model_config=model_config.to_dict(),
-        compile=compile_model,
-        optimizer_impl=cfg.training.get("optimizer_impl", "auto"),
-    )
+    model_config = build_model_config(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
+    module = instantiate(cfg.module, model_config=model_config.to_dict())
     log.info(
         "model: %d layers, %d heads, %d wide, context %d, %s parameters",
         model_config.n_layer,
