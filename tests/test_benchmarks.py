@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -86,7 +87,13 @@ def test_memory_and_report_quick(corpus_file, tmp_path):
     text = out.read_text()
     assert text.startswith("# kept") and text.rstrip().endswith("kept too")
     assert "old" not in text and "peak RSS" in text
-    assert (tmp_path / "RESULTS.json").exists()
+    first = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert "reruns" not in first and first["memory"]
+    # a partial re-run keeps what the report had and says when it re-measured
+    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    again = json.loads((tmp_path / "RESULTS.json").read_text())
+    assert again["started"] == first["started"] and len(again["reruns"]) == 1
+    assert "memory re-measured" in out.read_text()
 
 
 def test_plot_reads_tensorboard_events(tmp_path):

@@ -245,3 +245,20 @@ def test_config_tree_is_printed_resolved(tmp_path, capsys):
         assert group in out
     assert "learning_rate: 0.0042" in out
     assert "output_dir: /" in out and "${" not in out  # interpolations shown resolved
+
+
+def test_default_precision_follows_the_hardware(tmp_path, monkeypatch):
+    import torch
+
+    from tinyllm.config import fastest_precision
+
+    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
+    expected = "bf16-mixed" if native else "32-true"
+    assert compose_config([], tmp_path).trainer.precision == fastest_precision() == expected
+    # a laptop CPU without native bf16 (cannot be had here, so the checks are replaced)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert compose_config([], tmp_path).trainer.precision == "32-true"
+    assert (
+        compose_config(["trainer.precision=bf16-mixed"], tmp_path).trainer.precision == "bf16-mixed"
+    )

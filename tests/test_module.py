@@ -64,6 +64,7 @@ def fit(module: LanguageModel, dm: CharDataModule, max_steps: int) -> L.Trainer:
     trainer = L.Trainer(
         max_steps=max_steps, accelerator="cpu", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        log_every_n_steps=1,  # chart-only metrics (lr, train/bpc) are logged on logging steps
     )  # fmt: skip
     trainer.fit(module, datamodule=dm)
     return trainer

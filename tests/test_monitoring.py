@@ -25,6 +25,9 @@ def test_every_curve_is_logged(trained_run):
     losses = {e.step: e.value for e in events.Scalars("train/loss")}
     for event in events.Scalars("train/bpc"):  # bits per character = nats / ln 2
         assert event.value == pytest.approx(losses[event.step] / math.log(2), rel=1e-5)
+    # the chart-only metrics are computed on the logging steps only, and on every one of them
+    for tag in ("train/bpc", "lr", "train/tokens_per_sec", "train/grad_norm"):
+        assert sorted(e.step for e in events.Scalars(tag)) == sorted(losses), tag
 
 
 def test_train_and_val_share_one_chart_per_metric(trained_run):

@@ -1,5 +1,6 @@
 """tinyllm: train a small character-level transformer with Lightning + Hydra, then chat with it."""
 
+import tinyllm.config  # noqa: F401  (registers the config's ${tinyllm.precision:} resolver)
 from tinyllm.artifacts import LoadedModel, load_model
 from tinyllm.generation import SamplingSettings, generate_text, stream_text
 from tinyllm.model import ModelConfig, Transformer

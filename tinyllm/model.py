@@ -206,11 +206,11 @@ class Transformer(nn.Module):
                 f"sequence of {start + T} positions exceeds the context length "
                 f"{self.config.context_length}"
             )
-        positions = torch.arange(start, start + T, device=idx.device)
+        # rows start..start+T of the position table: a slice, no lookup kernel (decoding speed)
         if self.config.positional == "learned":
-            pos = self.position_embedding(positions)
+            pos = self.position_embedding.weight[start : start + T]
         else:
-            pos = self.position_table[positions].to(self.token_embedding.weight.dtype)
+            pos = self.position_table[start : start + T].to(self.token_embedding.weight.dtype)
         x = self.dropout(self.token_embedding(idx) + pos)
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer)
@@ -218,7 +218,7 @@ class Transformer(nn.Module):
             cache.length += T
         return self.lm_head(self.ln_f(x))
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def stream(
         self,
         prompt_ids: Sequence[int] | torch.Tensor,

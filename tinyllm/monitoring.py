@@ -1,7 +1,6 @@
 """What a run shows while it trains: TensorBoard charts, the HPARAMS tab, the progress bar.
 
-- `TensorBoardExtras` logs `train/bpc` (bits per character of each training batch, to compare
-  with `val/bpc`), lays out TensorBoard's Custom Scalars tab so train and val share one chart per
+- `TensorBoardExtras` lays out TensorBoard's Custom Scalars tab so train and val share one chart per
   metric (loss, bpc) next to the learning rate, tokens/second and gradient norm, and at the end
   of training writes the run's hyper-parameters with its best `val/loss` to the HPARAMS tab
   (`hp/best_val_loss`, `hp/best_val_bpc`), so the runs of a sweep can be compared there.
@@ -63,7 +62,7 @@ def run_hyperparameters(trainer: L.Trainer, pl_module: L.LightningModule) -> dic
 
 
 class TensorBoardExtras(L.Callback):
-    """train/bpc, a Custom Scalars layout and the HPARAMS tab with the best val/loss."""
+    """A Custom Scalars layout and the HPARAMS tab with the best val/loss."""
 
     def __init__(self, monitor: str = "val/loss"):
         self.monitor = monitor
@@ -73,11 +72,6 @@ class TensorBoardExtras(L.Callback):
         if trainer.is_global_zero:
             for logger in _tensorboard(trainer):
                 logger.experiment.add_custom_scalars(custom_scalars_layout())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            pl_module.log("train/bpc", loss.detach() / LN2)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
