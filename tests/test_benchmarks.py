@@ -110,3 +110,26 @@ def test_plot_reads_tensorboard_events(tmp_path):
     finals = plot.plot([str(run)], str(tmp_path / "curve.png"))
     assert finals["job"]["best"] == pytest.approx(1.8)
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("stage", ["proxy", "final", "ablation"])
+def test_recipe_runs_compose_and_validate(stage, tmp_path):
+    """Every run a recipe stage would launch composes and passes the config checks, so a config
+    change cannot silently break the reproduction of RESULTS.md."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from benchmarks import recipe
+    from tests.conftest import compose_config
+    from tinyllm.config import validate
+    from tinyllm.training import build_model_config
+
+    parser = OverridesParser.create()
+    for name, overrides in recipe.STAGES[stage].items():
+        cfg = compose_config([*recipe.COMMON, *overrides], output_dir=tmp_path / name)
+        validate(cfg)
+        build_model_config(cfg.model, vocab_size=65)
+        for override in parser.parse_overrides([*recipe.COMMON, *overrides]):
+            key = override.key_or_group
+            if key != "experiment":  # each value reaches the config (no experiment masks it)
+                assert OmegaConf.select(cfg, key) == override.value(), (name, key)

@@ -183,7 +183,7 @@ def test_command_line_style_overrides_reach_every_reader(tmp_path):
         ("+training.foo=1", "training.foo"),
         ("model.n_head=5", "model.n_head"),
         ("model.dropout=1.5", "model.dropout"),
-        ("model.positional=rotary", "model.positional"),
+        ("model.positional=alibi", "model.positional"),
         ("seed=abc", "seed"),
     ],
 )

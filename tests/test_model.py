@@ -7,7 +7,13 @@ import json
 import pytest
 import torch
 
-from tinyllm.model import ModelConfig, Transformer, sample_next_token
+from tinyllm.model import (
+    ModelConfig,
+    Transformer,
+    apply_rotary,
+    rotary_tables,
+    sample_next_token,
+)
 
 VOCAB = 23
 
@@ -28,6 +34,7 @@ def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
 VARIANTS = [
     pytest.param({}, id="learned"),
     pytest.param({"positional": "sinusoidal"}, id="sinusoidal"),
+    pytest.param({"positional": "rotary"}, id="rotary"),
     pytest.param({"tie_weights": True}, id="tied"),
     pytest.param({"positional": "sinusoidal", "tie_weights": True, "bias": False}, id="sin-tied"),
 ]
@@ -79,6 +86,23 @@ def test_tie_weights_shares_the_embedding():
     assert untied.num_parameters() - tied.num_parameters() == shared
 
 
+def test_rotary_attention_depends_only_on_relative_position():
+    cos, sin = rotary_tables(40, 8)
+    q, k = torch.randn(8), torch.randn(8)
+
+    def score(i: int, j: int) -> torch.Tensor:
+        return apply_rotary(q, cos[i], sin[i]) @ apply_rotary(k, cos[j], sin[j])
+
+    assert torch.allclose(score(5, 2), score(35, 32), atol=1e-5)
+    assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)
+    assert not any("position" in name for name in build(positional="rotary").state_dict())
+
+
+def test_rotary_needs_an_even_head_size():
+    with pytest.raises(ValueError, match="rotary needs an even head size"):
+        ModelConfig(n_head=4, n_embd=12, positional="rotary")
+
+
 def test_sinusoidal_has_no_position_parameters():
     learned, sinusoidal = build(), build(positional="sinusoidal")
     assert "position_embedding.weight" in learned.state_dict()
@@ -86,10 +110,20 @@ def test_sinusoidal_has_no_position_parameters():
     assert learned.num_parameters() - sinusoidal.num_parameters() == 16 * 16
 
 
+@pytest.mark.parametrize("attn_dropout", [True, False])
+def test_attn_dropout_decides_whether_attention_weights_are_dropped(attn_dropout):
+    block = build(dropout=0.5, attn_dropout=attn_dropout).blocks[0].attn.train()
+    block.resid_dropout = torch.nn.Identity()  # isolate the attention weights' dropout
+    x = torch.randn(2, 16, 16)
+    torch.manual_seed(3)
+    trained = block(x)
+    assert torch.allclose(trained, block.eval()(x)) is not attn_dropout
+
+
 def test_model_config_json_round_trip():
     config = ModelConfig(
         vocab_size=77, context_length=64, n_layer=3, n_head=6, n_embd=48, dropout=0.1,
-        bias=False, positional="sinusoidal", tie_weights=True,
+        attn_dropout=False, bias=False, positional="sinusoidal", tie_weights=True,
     )  # fmt: skip
     text = config.to_json()
     assert json.loads(text) == config.to_dict()
@@ -109,7 +143,7 @@ def test_model_config_json_round_trip():
         ({"context_length": True}, r"model\.context_length must be a positive integer"),
         ({"dropout": 1.0}, r"model\.dropout must be in \[0, 1\)"),
         ({"dropout": -0.1}, r"model\.dropout must be in \[0, 1\)"),
-        ({"positional": "rotary"}, r"model\.positional must be one of"),
+        ({"positional": "alibi"}, r"model\.positional must be one of"),
     ],
 )
 def test_model_config_validation(changes, match):

@@ -102,7 +102,7 @@ JSON = st.recursive(
 )
 KEYS = {
     "model_config.json": ["vocab_size", "context_length", "n_layer", "n_head", "n_embd",
-                          "dropout", "bias", "positional", "tie_weights"],
+                          "dropout", "attn_dropout", "bias", "positional", "tie_weights"],
     "metadata.json": ["val_loss", "step", "console", "data_source", "version"],
     "tokenizer.json": ["format", "version", "vocab"],
 }  # fmt: skip

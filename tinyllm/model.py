@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-POSITIONAL_ENCODINGS = ("learned", "sinusoidal")
+POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rotary")
 
 
 @dataclass
@@ -29,6 +29,8 @@ class ModelConfig:
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    # also drop attention weights; off keeps the CPU flash-attention kernel (much faster step)
+    attn_dropout: bool = True
     bias: bool = True
     positional: str = "learned"
     tie_weights: bool = False
@@ -48,6 +50,10 @@ class ModelConfig:
         if self.positional not in POSITIONAL_ENCODINGS:
             raise ValueError(
                 f"model.positional must be one of {POSITIONAL_ENCODINGS}, got {self.positional!r}"
+            )
+        if self.positional == "rotary" and self.head_dim % 2:
+            raise ValueError(
+                f"model.positional=rotary needs an even head size, got n_embd/n_head={self.head_dim}"
             )
 
     @property
@@ -99,14 +105,16 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = config.dropout
+        self.dropout = config.dropout if config.attn_dropout else 0.0
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         dropout = self.dropout if self.training else 0.0
         if cache is None or cache.length == 0:
             if cache is not None:
@@ -143,8 +151,8 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0):
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope=None):
+        x = x + self.attn(self.ln1(x), cache, layer, rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -158,6 +166,21 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
     return table
 
 
+def rotary_tables(length: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of RoFormer's rotation angles, position x frequency: (length, head_dim / 2)."""
+    frequency = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    angle = torch.arange(length, dtype=torch.float32)[:, None] * frequency
+    return angle.cos(), angle.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[i], x[i + D/2]) of every head by its position's angle: q.k then
+    depends on the positions only through their difference."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -165,9 +188,13 @@ class Transformer(nn.Module):
         self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
         if config.positional == "learned":
             self.position_embedding = nn.Embedding(config.context_length, config.n_embd)
-        else:
+        elif config.positional == "sinusoidal":
             table = sinusoidal_encoding(config.context_length, config.n_embd)
             self.register_buffer("position_table", table, persistent=False)
+        else:  # rotary: positions enter inside attention, nothing is added to the embedding
+            cos, sin = rotary_tables(config.context_length, config.head_dim)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
@@ -207,13 +234,16 @@ class Transformer(nn.Module):
                 f"{self.config.context_length}"
             )
         # rows start..start+T of the position table: a slice, no lookup kernel (decoding speed)
+        x, rope = self.token_embedding(idx), None
         if self.config.positional == "learned":
-            pos = self.position_embedding.weight[start : start + T]
+            x = x + self.position_embedding.weight[start : start + T]
+        elif self.config.positional == "sinusoidal":
+            x = x + self.position_table[start : start + T].to(x.dtype)
         else:
-            pos = self.position_table[start : start + T].to(self.token_embedding.weight.dtype)
-        x = self.dropout(self.token_embedding(idx) + pos)
+            rope = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
+        x = self.dropout(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer)
+            x = block(x, cache, layer, rope)
         if cache is not None:
             cache.length += T
         return self.lm_head(self.ln_f(x))
