@@ -272,8 +272,9 @@ def main(argv=None) -> None:
         merged = json.loads(previous.read_text())
         rerun = f"{', '.join(args.only)} re-measured {results['started']} to {results['finished']}"
         merged.setdefault("reruns", []).append(rerun)
-        merged.update({k: v for k, v in results.items() if k not in ("started", "finished")})
-        merged["load_after"] = results["load_after"]
+        # the header keeps the first full run's machine and load; a re-run only adds its line
+        kept = ("started", "finished", "machine", "load_after")
+        merged.update({k: v for k, v in results.items() if k not in kept})
         results = merged
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     write_report(out, render(results))

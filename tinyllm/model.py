@@ -53,7 +53,8 @@ class ModelConfig:
             )
         if self.positional == "rotary" and self.head_dim % 2:
             raise ValueError(
-                f"model.positional=rotary needs an even head size, got n_embd/n_head={self.head_dim}"
+                "model.positional=rotary needs an even head size, "
+                f"got n_embd/n_head={self.head_dim}"
             )
 
     @property
