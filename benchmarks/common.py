@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from tinyllm.module import LanguageModel, warmup_cosine
+from tinyllm.module import LanguageModel, build_optimizer, warmup_cosine
 from tinyllm.training import build_model_config, instantiate_group, route_lightning_logs_to_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,16 +135,7 @@ class Pipeline:
 
     def plain_setup(self) -> None:
         hp = self.module.hparams
-        params = [p for p in self.module.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        impl = hp.get("optimizer_impl", "auto")
-        kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
-        kwargs = {"foreach": False} if impl == "loop" else kwargs
-        self.optimizer = cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas), **kwargs)
+        self.optimizer = build_optimizer(self.module.model, hp)
         total = hp.lr_decay_steps or int(self.cfg.trainer.max_steps)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio)

@@ -127,11 +127,13 @@ def test_unknown_command_lists_the_commands():
 
 
 WORDS = [*COMMANDS, "TEMP", "top-k", "max_tokens", "x", ""]
+ODD_ARGUMENTS = ["off", "none", "1e309", "-0", "0x10", "١٢", "\\", '"', "'a'", "\\u12", "\\xZZ",
+                 "\x00", "  "]  # fmt: skip
 ARGUMENTS = st.one_of(
     st.text(),
     st.integers().map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["off", "1e309", "-0", "0x10", "١٢", "\\", '"', "'a'", "\\u12", "\\xZZ"]),
+    st.sampled_from(ODD_ARGUMENTS),
 )
 
 

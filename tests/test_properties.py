@@ -1,9 +1,9 @@
-"""Property-based tests (hypothesis) that the other test files do not already hold: the console's
-command parser never crashes, the resumable sampler continues exactly where it stopped, and
-arbitrary JSON in a model folder gives ArtifactError, never another exception.
+"""Property-based tests (hypothesis) that the other test files do not already hold: the resumable
+sampler continues exactly where it stopped, and arbitrary JSON in a model folder gives
+ArtifactError, never another exception.
 
 (Tokenizer round-trip: tests/test_tokenizer.py; cleaning idempotence: tests/test_corpus.py;
-windowing: tests/test_data.py.)"""
+windowing: tests/test_data.py; the console's command parser: tests/test_console.py.)"""
 
 from __future__ import annotations
 
@@ -21,32 +21,6 @@ from tinyllm.checkpointing import ResumableDataLoader
 from tinyllm.data import RandomOffsetSampler, WindowDataset
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.tokenizer import CharacterTokenizer
-
-# --- the console's command parser --------------------------------------------------------------
-
-console = pytest.importorskip("tinyllm.console")
-
-COMMAND_WORDS = ["temp", "topk", "topp", "max", "seed", "stop", "load", "help", "reset",
-                 "settings", "quit", "TEMP", "t", "x"]  # fmt: skip
-VALUES = st.one_of(
-    st.text(),
-    st.integers().map(str),
-    st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["off", "none", "-0", "1e309", "0x10", "١٢", "\x00", "  ", '"', "'a"]),
-)
-
-
-@settings(max_examples=400, deadline=None)
-@given(st.one_of(st.text(), st.builds(lambda w, v: f"/{w} {v}", st.sampled_from(COMMAND_WORDS),
-                                      VALUES)))  # fmt: skip
-def test_command_parser_never_crashes(line):
-    try:
-        command = console.parse_command(line)
-    except console.CommandError as e:
-        assert str(e)  # a message for the user, the session goes on
-    else:
-        assert isinstance(command, console.Command)
-
 
 # --- resuming the training data mid-epoch ----------------------------------------------------
 

@@ -26,6 +26,22 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     return min_lr_ratio + 0.5 * (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * progress))
 
 
+def build_optimizer(model: torch.nn.Module, hp) -> torch.optim.Optimizer:
+    """Adam or AdamW as the module's hyper-parameters say (shared with the benchmarks' plain loop,
+    so that both sides of the overhead comparison step the same optimizer)."""
+    # weight decay shrinks matrices (embeddings, linear weights), never biases or norms
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+    impl = hp.get("optimizer_impl", "auto")
+    kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
+    kwargs = {"foreach": False} if impl == "loop" else kwargs
+    return optimizer_cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas), **kwargs)
+
+
 class LanguageModel(L.LightningModule):
     def __init__(
         self,
@@ -128,17 +144,7 @@ class LanguageModel(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # weight decay shrinks matrices (embeddings, linear weights), never biases or norms
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        impl = hp.get("optimizer_impl", "auto")
-        kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
-        kwargs = {"foreach": False} if impl == "loop" else kwargs
-        optimizer = optimizer_cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas), **kwargs)
+        optimizer = build_optimizer(self.model, hp)
         decay_steps = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
         if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
             decay_steps = hp.warmup_steps
