@@ -20,6 +20,8 @@ VARIANTS = [
     pytest.param({}, id="learned"),
     pytest.param({"positional": "sinusoidal", "tie_weights": True}, id="sinusoidal-tied"),
     pytest.param({"context_length": 9, "n_layer": 1}, id="odd-context"),
+    pytest.param({"positional": "rotary"}, id="rotary"),
+    pytest.param({"positional": "rotary", "context_length": 9, "n_layer": 1}, id="rotary-odd"),
 ]
 
 
