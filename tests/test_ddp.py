@@ -51,6 +51,8 @@ def test_ddp_two_cpu_processes(tmp_path, corpus_file, trained_run):
     assert [f"sample at step {s} " in log for s in (10, 20, 30)] == [True] * 3
     assert "sample at step" not in rank1 and "best model" not in rank1
     assert "chat with it" not in rank1
+    # config.yaml and tokenizer.json written once, by rank zero (the launcher re-runs train.py)
+    assert "config and tokenizer saved" in log and "config and tokenizer saved" not in rank1
     assert output.count("sample at step 10 ") == 1
     events = read_events(run_dir / "tensorboard")
     samples = events.Tensors("samples/text_summary")

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
@@ -19,6 +20,7 @@ from tinyllm.checkpointing import AtomicCheckpointIO, TrainingStateCallback, ver
 from tinyllm.config import ConfigError, print_config_tree, validate
 from tinyllm.data import CharDataModule
 from tinyllm.faults import FaultGuard
+from tinyllm.io import write_atomic
 from tinyllm.model import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -83,9 +85,12 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("ckpt_path"):  # refuse untrusted pickles before Lightning reads the file
         verify_checkpoint(cfg.ckpt_path)
     check_output_dir(output_dir)
-    if cfg.get("print_config", True):
+    # under DDP, Lightning's launcher re-runs this script on every rank: one rank writes the files
+    writes_files = rank_zero_only.rank == 0
+    if writes_files and cfg.get("print_config", True):
         print_config_tree(cfg)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    if writes_files:
+        write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     if cfg.training.get("num_threads"):
         torch.set_num_threads(cfg.training.num_threads)
@@ -94,7 +99,9 @@ def train(cfg: DictConfig) -> float | None:
     datamodule: CharDataModule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
+    if writes_files:
+        datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
+        log.info("config and tokenizer saved in %s", _shown(output_dir))
 
     model_config = build_model_config(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
     module = instantiate(cfg.module, model_config=model_config.to_dict())
