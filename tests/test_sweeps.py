@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,13 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from tinyllm.sweep import RESULT_FILE, SweepSummary, read_results, write_summary
+from tinyllm.sweep import (
+    RESULT_FILE,
+    SweepSummary,
+    print_summary,
+    read_results,
+    write_summary,
+)
 
 FAST = [o for o in TINY_OVERRIDES if o.split("=")[0] not in ("trainer.max_steps",)]
 FAST += ["trainer.max_steps=10", "training.val_interval=5", "training.sample_frequency=100"]
@@ -102,6 +109,38 @@ def test_failed_and_nan_jobs_go_last_and_do_not_break_the_summary(tmp_path, caps
     (sweep / "5").mkdir()
     (sweep / "5" / RESULT_FILE).write_text("{not json")  # a damaged file is left out
     assert len(write_summary(sweep)) == 5
+
+
+def read_rich_table(text: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a printed Rich table, each cell's folded lines joined back together."""
+    header, rows = [], []
+    for line in text.splitlines():
+        if line.startswith("┃"):
+            cells = [c.strip() for c in line.strip("┃").split("┃")]
+            header = [h + c for h, c in zip(header, cells, strict=True)] if header else cells
+        elif line.startswith("│"):
+            cells = [c.strip() for c in line.strip("│").split("│")]
+            if cells[0]:  # the rank column starts a row
+                rows.append(cells)
+            else:
+                rows[-1] = [r + c for r, c in zip(rows[-1], cells, strict=True)]
+    return header, rows
+
+
+def test_summary_on_a_narrow_terminal_folds_rather_than_cuts(tmp_path):
+    from rich.console import Console
+
+    sweep = tmp_path / "sweep"
+    long_path = "/a/rather/long/folder/name/for/the/corpus/tinyshakespeare.txt"
+    fake_job(sweep, 0, [f"data.path={long_path}", "model.positional=rotary"],
+             JobStatus.COMPLETED, 1.4931)  # fmt: skip
+    fake_job(sweep, 1, ["data.path=b.txt", "model.positional=learned"], JobStatus.COMPLETED, 1.6)
+    console = Console(width=60, record=True, file=io.StringIO())
+    print_summary(read_results(sweep), sweep, console=console)
+    header, rows = read_rich_table(console.export_text())
+    assert header == ["rank", "job", "data.path", "model.positional", "val/loss", "status"]
+    assert rows == [["1", "0", long_path, "rotary", "1.4931", "ok"],
+                    ["2", "1", "b.txt", "learned", "1.6000", "ok"]]  # fmt: skip
 
 
 def test_single_runs_write_no_result_file(tmp_path):

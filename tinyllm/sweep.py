@@ -130,17 +130,24 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     return results
 
 
-def print_summary(results: list[dict], sweep_dir: Path) -> None:
+def print_summary(results: list[dict], sweep_dir: Path, console=None) -> None:
+    """The summary as a Rich table on `console` (default: Rich's, i.e. the terminal)."""
     import rich
     from rich.table import Table
 
     header, rows = summary_rows(results, varying_only=True)
     table = Table(title=f"sweep {sweep_dir}: best {METRIC} first")
     for name in header:
-        table.add_column(name, justify="right" if name in ("rank", "job", METRIC) else "left")
+        # on a narrow terminal, fold the overrides onto more lines rather than cut them short;
+        # the result columns keep their width
+        if name in ("rank", "job", METRIC, "status"):
+            table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True,
+                             min_width=len(name))  # fmt: skip
+        else:
+            table.add_column(name, overflow="fold")
     for row in rows:
         table.add_row(*row)
-    rich.print(table)
+    (console or rich.get_console()).print(table)
 
 
 class SweepJobError(RuntimeError):
