@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import TINY_OVERRIDES, read_events, run_train
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 
@@ -95,3 +96,32 @@ def test_each_rank_trains_on_different_windows(corpus_file, epoch):
     # a new epoch draws new windows on every rank
     assert set(window_offsets(datamodule, 0, epoch + 1)) != set(rank0)
     assert set(window_offsets(datamodule, 1, epoch + 1)) != set(rank1)
+
+
+def test_resumed_ddp_run_equals_uninterrupted_run(tmp_path, corpus_file):
+    """Under DDP Lightning wraps the training sampler; resuming mid-epoch must still continue
+    each rank's data where it stopped (no dropout: each rank's RNG is not saved)."""
+    common = [
+        *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "training.val_"))),
+        "training.val_interval=5", "data.train_windows_per_epoch=96", "model.dropout=0.0",
+        "training.lr_decay_steps=20", "logger=none", "trainer=ddp", "trainer.accelerator=cpu",
+        "trainer.devices=2", f"data.path={corpus_file}",
+    ]  # fmt: skip
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    result = run_train(*common, "trainer.max_steps=20", f"hydra.run.dir={whole}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_train(*common, "trainer.max_steps=10", f"hydra.run.dir={split}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = split / "checkpoints" / "last.ckpt"
+    result = run_train(
+        *common, "trainer.max_steps=20", f"hydra.run.dir={split}", f"ckpt_path={last}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 96 windows / 8 per batch / 2 ranks = 6 batches an epoch: step 10 is batch 4 of epoch 1
+    assert (result.stdout + result.stderr).count("resuming the data at batch 4 of epoch 1") == 2
+
+    a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(last, map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 20
+    for key in a["state_dict"]:  # the same windows, in the same order, on both ranks
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key

@@ -15,6 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from tinyllm.artifacts import ArtifactError, load_model, save_artifacts
 from tinyllm.checkpointing import ResumableDataLoader
@@ -31,13 +32,20 @@ from tinyllm.tokenizer import CharacterTokenizer
     batch_size=st.integers(1, 6),
     epoch=st.integers(0, 5),
     seed=st.integers(0, 2**31),
+    rank=st.sampled_from([None, 0, 1]),
     data=st.data(),
 )
-def test_resumed_loader_yields_the_rest_of_the_epoch(num_samples, batch_size, epoch, seed, data):
+def test_resumed_loader_yields_the_rest_of_the_epoch(
+    num_samples, batch_size, epoch, seed, rank, data
+):
+    """`rank`: None for one process, else that rank of 2 under DDP (the sampler wrapped as
+    Lightning wraps it, without the `skip` our sampler has)."""
     dataset = WindowDataset(torch.arange(60), 4)
 
     def loader():
         sampler = RandomOffsetSampler(len(dataset), num_samples, seed)
+        if rank is not None:
+            sampler = DistributedSamplerWrapper(sampler, num_replicas=2, rank=rank, seed=seed)
         return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler)
 
     whole = loader()

@@ -102,6 +102,9 @@ class ResumableDataLoader(DataLoader):
     On resume the sampler's `skip` attribute is set so the next iteration of that epoch leaves
     out the windows already trained on (the sampler draws the whole epoch from its seed and
     epoch, so the remaining windows are exactly those the interrupted run would have seen).
+    Under DDP Lightning wraps the sampler in a DistributedSampler that has no `skip`; then the
+    batches already trained on are drawn again and dropped (cheap: the loader is >1,000x faster
+    than a training step, benchmarks/RESULTS.md).
     Lightning does not prefetch from a loader with a known length, so the count of batches
     yielded is the count of batches trained on when a checkpoint is taken after a step.
     """
@@ -110,13 +113,18 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._batches_yielded = 0
         self._resume_batches = 0
+        self._drop_batches = 0
 
     def __iter__(self) -> Iterator:
         self._batches_yielded = self._resume_batches
         self._resume_batches = 0
         # made now, not at the first batch: creating it draws a seed from the global RNG, which
         # must happen before TrainingStateCallback restores the RNG, as in the original run
-        return self._counted(super().__iter__())
+        batches = super().__iter__()
+        drop, self._drop_batches = self._drop_batches, 0
+        for _ in range(drop):
+            next(batches, None)
+        return self._counted(batches)
 
     def _counted(self, batches: Iterator) -> Iterator:
         for batch in batches:
@@ -134,11 +142,19 @@ class ResumableDataLoader(DataLoader):
         batches = int(state.get("batches", 0))
         if batches >= len(self):  # the epoch was finished: the next one starts afresh
             return
-        if hasattr(self.sampler, "skip") and hasattr(self.sampler, "epoch"):
-            self.sampler.epoch = int(state.get("epoch", 0))
+        if not hasattr(self.sampler, "epoch"):
+            return
+        epoch = int(state.get("epoch", 0))
+        if hasattr(self.sampler, "set_epoch"):  # a DistributedSampler passes it on to ours
+            self.sampler.set_epoch(epoch)
+        else:
+            self.sampler.epoch = epoch
+        if hasattr(self.sampler, "skip"):
             self.sampler.skip = batches * int(state.get("batch_size", self.batch_size or 1))
-            self._resume_batches = batches
-            log.info("resuming the data at batch %d of epoch %d", batches, self.sampler.epoch)
+        else:  # a DistributedSampler (DDP): draw the trained-on batches again and drop them
+            self._drop_batches = batches
+        self._resume_batches = batches
+        log.info("resuming the data at batch %d of epoch %d", batches, epoch)
 
 
 # --- random number generators --------------------------------------------------------------
