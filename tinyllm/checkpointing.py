@@ -99,12 +99,11 @@ class ResumableDataLoader(DataLoader):
     """A DataLoader that Lightning checkpoints (`state_dict`/`load_state_dict`): the epoch its
     sampler is in and how many batches of that epoch were handed to training.
 
-    On resume the sampler's `skip` attribute is set so the next iteration of that epoch leaves
-    out the windows already trained on (the sampler draws the whole epoch from its seed and
-    epoch, so the remaining windows are exactly those the interrupted run would have seen).
-    Under DDP Lightning wraps the sampler in a DistributedSampler that has no `skip`; then the
-    batches already trained on are drawn again and dropped (cheap: the loader is >1,000x faster
-    than a training step, benchmarks/RESULTS.md).
+    On resume the sampler is set to that epoch and the batches already trained on are drawn
+    again and dropped: the sampler draws the whole epoch from its seed and epoch, so the batches
+    left are exactly those the interrupted run would have seen. Dropping at the loader works for
+    any sampler, also the DistributedSampler Lightning wraps ours in under DDP, and costs little
+    (the loader is >1,000x faster than a training step, benchmarks/RESULTS.md).
     Lightning does not prefetch from a loader with a known length, so the count of batches
     yielded is the count of batches trained on when a checkpoint is taken after a step.
     """
@@ -113,17 +112,14 @@ class ResumableDataLoader(DataLoader):
         super().__init__(*args, **kwargs)
         self._batches_yielded = 0
         self._resume_batches = 0
-        self._drop_batches = 0
 
     def __iter__(self) -> Iterator:
-        self._batches_yielded = self._resume_batches
-        self._resume_batches = 0
         # made now, not at the first batch: creating it draws a seed from the global RNG, which
         # must happen before TrainingStateCallback restores the RNG, as in the original run
         batches = super().__iter__()
-        drop, self._drop_batches = self._drop_batches, 0
-        for _ in range(drop):
+        for _ in range(self._resume_batches):
             next(batches, None)
+        self._batches_yielded, self._resume_batches = self._resume_batches, 0
         return self._counted(batches)
 
     def _counted(self, batches: Iterator) -> Iterator:
@@ -135,24 +131,16 @@ class ResumableDataLoader(DataLoader):
         return {
             "epoch": int(getattr(self.sampler, "epoch", 0)),
             "batches": int(self._batches_yielded),
-            "batch_size": int(self.batch_size or 1),
         }
 
     def load_state_dict(self, state: dict) -> None:
         batches = int(state.get("batches", 0))
         if batches >= len(self):  # the epoch was finished: the next one starts afresh
             return
-        if not hasattr(self.sampler, "epoch"):
+        if not hasattr(self.sampler, "set_epoch"):  # a sampler without epochs: start afresh
             return
         epoch = int(state.get("epoch", 0))
-        if hasattr(self.sampler, "set_epoch"):  # a DistributedSampler passes it on to ours
-            self.sampler.set_epoch(epoch)
-        else:
-            self.sampler.epoch = epoch
-        if hasattr(self.sampler, "skip"):
-            self.sampler.skip = batches * int(state.get("batch_size", self.batch_size or 1))
-        else:  # a DistributedSampler (DDP): draw the trained-on batches again and drop them
-            self._drop_batches = batches
+        self.sampler.set_epoch(epoch)  # a DistributedSampler passes it on to ours
         self._resume_batches = batches
         log.info("resuming the data at batch %d of epoch %d", batches, epoch)
 

@@ -48,7 +48,6 @@ class RandomOffsetSampler(Sampler[int]):
         self.num_samples = num_samples
         self.seed = seed
         self.epoch = 0
-        self.skip = 0  # offsets of the next draw already trained on (set when resuming)
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at the start of each epoch
         self.epoch = epoch
@@ -59,8 +58,7 @@ class RandomOffsetSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         offsets = torch.randint(self.num_offsets, (self.num_samples,), generator=generator)
-        skip, self.skip = self.skip, 0
-        return iter(offsets[skip:].tolist())
+        return iter(offsets.tolist())
 
 
 def evenly_spaced_offsets(num_tokens: int, context: int, max_windows: int | None) -> list[int]:

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rotary")
+# rotary positions: the (cos, sin) rows of the positions in the current input
+Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 @dataclass
@@ -109,7 +111,13 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout if config.attn_dropout else 0.0
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: Rope | None = None,
+    ):
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, H, T, D)
@@ -152,7 +160,13 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0, rope=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        rope: Rope | None = None,
+    ):
         x = x + self.attn(self.ln1(x), cache, layer, rope)
         return x + self.mlp(self.ln2(x))
 

@@ -87,9 +87,9 @@ def train(cfg: DictConfig) -> float | None:
     check_output_dir(output_dir)
     # under DDP, Lightning's launcher re-runs this script on every rank: one rank writes the files
     writes_files = rank_zero_only.rank == 0
-    if writes_files and cfg.get("print_config", True):
-        print_config_tree(cfg)
     if writes_files:
+        if cfg.get("print_config", True):
+            print_config_tree(cfg)
         write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     if cfg.training.get("num_threads"):
