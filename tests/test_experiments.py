@@ -24,5 +24,5 @@ def test_lowercase_recipe_changes_only_the_cleaning(tmp_path):
 
 def test_smoke_run_is_bounded_to_one_minute(tmp_path):
     smoke = compose_config(["experiment=smoke"], tmp_path)
-    assert smoke.trainer.max_time == "00:00:01:00"
+    assert smoke.training.time_budget == "1m"
     assert smoke.trainer.max_steps <= 500

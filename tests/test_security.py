@@ -210,3 +210,81 @@ def test_resume_true_does_not_follow_a_linked_run_folder(tmp_path, monkeypatch):
 
     with pytest.raises(CheckpointError, match="no run to resume"):
         find_resumable_run("outputs")
+
+
+# --- sizes from files are checked against the weights before anything is allocated -----------
+
+_LOAD_UNDER_LIMIT = """
+import resource, sys
+from tinyllm.artifacts import ArtifactError, load_model
+size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
+limit = size + 2 * 2**30  # 2 GB more than the interpreter holds: no big allocation can succeed
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+try:
+    load_model(sys.argv[1])
+except ArtifactError as e:
+    print("refused:", e)
+    sys.exit(2)
+except MemoryError:
+    print("MemoryError: an allocation was attempted")
+    sys.exit(1)
+except RuntimeError as e:
+    print("RuntimeError:", str(e)[:200])
+    sys.exit(1)
+print("loaded")
+"""
+
+
+def _lying_model(tmp_path: Path, positional: str, **lie) -> Path:
+    tokenizer = CharacterTokenizer().fit("abcdefgh \n")
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=2,
+                         n_head=2, n_embd=16, positional=positional)  # fmt: skip
+    best = save_artifacts(tmp_path / "best", Transformer(config), tokenizer, {})
+    data = json.loads((best / "model_config.json").read_text())
+    (best / "model_config.json").write_text(json.dumps(data | lie))
+    return best
+
+
+@pytest.mark.parametrize(
+    ("positional", "lie", "message"),
+    [
+        ("learned", {"n_embd": 60000}, "token_embedding.weight is [10, 16] in the weights"),
+        ("learned", {"n_embd": 20000}, "needs [10, 20000]"),
+        ("rotary", {"context_length": 10**9}, "context_length=1000000000 asks for"),
+        ("sinusoidal", {"n_layer": 10**5}, "the weights hold 2 layers but the config says"),
+    ],
+)
+def test_oversized_config_is_refused_before_allocating(tmp_path, positional, lie, message):
+    best = _lying_model(tmp_path, positional, **lie)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_UNDER_LIMIT, str(best)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stdout
+
+
+def test_oversized_checkpoint_config_is_refused(tmp_path, trained_run):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["model_config"]["n_embd"] = 60000
+    crafted = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    crafted.parent.mkdir(parents=True)
+    torch.save(checkpoint, crafted)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_UNDER_LIMIT, str(crafted)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "in the weights but the config (n_embd=60000" in result.stdout
+
+
+def test_chat_refuses_an_oversized_config_with_one_line(tmp_path):
+    best = _lying_model(tmp_path, "learned", n_embd=60000)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), str(best)],
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and "do not belong together" in lines[0], lines

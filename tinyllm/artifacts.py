@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
@@ -139,6 +139,64 @@ def check_metadata(data: dict, path: Path) -> dict:
     return data
 
 
+# tables the model computes rather than stores (sinusoidal, rotary): sized by the config alone,
+# so bounded here; 2**27 floats is 512 MB, far above any model this project trains
+MAX_COMPUTED_ELEMENTS = 2**27
+
+
+def check_weights_match(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where) -> None:
+    """Refuse a config that disagrees with the shapes of the weights it comes with, before
+    anything of the config's size is allocated: a lie such as `n_embd: 60000` beside a small
+    file fails here with one line instead of asking for tens of gigabytes.
+
+    `shapes` come from the safetensors header or the checkpoint's tensors (already in memory,
+    bounded by the file's size); the expected shapes come from a model built on the meta device.
+    """
+    layers = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.count(".") > 1}
+    if layers != set(range(config.n_layer)):
+        raise ArtifactError(
+            f"{where}: the weights hold {len(layers)} layers but the config says "
+            f"n_layer={config.n_layer}: the files do not belong together"
+        )
+    with torch.device("meta"):
+        model = Transformer(config)
+    computed = sum(b.numel() for name, b in model.named_buffers() if name not in shapes)
+    if computed > MAX_COMPUTED_ELEMENTS:
+        raise ArtifactError(
+            f"{where}: context_length={config.context_length} asks for {computed:,} values of "
+            "position tables: the config is damaged"
+        )
+    tensors = model.state_dict(keep_vars=True)
+    for name, tensor in tensors.items():
+        # tied weights are stored once, under either name
+        aliases = [n for n, t in tensors.items() if t is tensor]
+        stored = [n for n in aliases if n in shapes]
+        if not stored:
+            raise ArtifactError(f"{where}: the weights have no {name}: the files do not belong "
+                                "together")  # fmt: skip
+        got, wanted = tuple(shapes[stored[0]]), tuple(tensor.shape)
+        if got != wanted:
+            raise ArtifactError(
+                f"{where}: {stored[0]} is {list(got)} in the weights but the config "
+                f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, context_length="
+                f"{config.context_length}) needs {list(wanted)}: the files do not belong together"
+            )
+    unexpected = sorted(set(shapes) - set(tensors))
+    if unexpected:
+        raise ArtifactError(f"{where}: unexpected weights {unexpected[:3]}: the files do not "
+                            "belong together")  # fmt: skip
+
+
+def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes from a safetensors header, without reading any tensor."""
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{weights} is not a readable safetensors file ({first[:200]})") from None
+
+
 def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     directory = Path(directory)
     try:
@@ -167,6 +225,7 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
     if not weights.is_file():
         raise ArtifactError(f"{WEIGHTS_FILE} is missing from {directory}: re-export or retrain")
     _check_inside(weights)
+    check_weights_match(config, _stored_shapes(weights), weights)
     model = Transformer(config)
     try:
         load_safetensors_model(model, weights, strict=True, device=str(device))
@@ -182,7 +241,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     """A Lightning .ckpt of a tinyllm run, loaded without executing any pickled code."""
     path = Path(path)
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        # mmap: tensors stay in the file until used, so a large file is not read into memory
+        checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a safe tinyllm checkpoint"
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ArtifactError(
@@ -199,8 +259,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         state = {
             k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
         }
+        check_weights_match(config, {k: tuple(v.shape) for k, v in state.items()}, path)
         model = Transformer(config)
         model.load_state_dict(state, strict=True)
+    except ArtifactError:
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         reason = f"{type(e).__name__}: {e}"
         raise ArtifactError(f"{path} is not a tinyllm checkpoint ({reason})") from None

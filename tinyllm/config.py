@@ -6,7 +6,9 @@ may be. `validate` turns every mistake into one `ConfigError` line that names th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -36,6 +38,37 @@ def fastest_precision() -> str:
 OmegaConf.register_new_resolver("tinyllm.precision", fastest_precision, replace=True)
 
 
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, key: str = "training.time_budget") -> float | None:
+    """Seconds from `600`, `"90s"`, `"10m"`, `"1h30m"`, `"1.5h"` or `"DD:HH:MM:SS"` (null: none)."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "null", "none")):
+        return None
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if re.fullmatch(r"\d+(:\d+){1,3}", text):  # [[DD:]HH:]MM:SS, as trainer.max_time
+            seconds = 0.0
+            for part, unit in zip(reversed(text.split(":")), (1, 60, 3600, 86400), strict=False):
+                seconds += int(part) * unit
+        elif re.fullmatch(r"(\d+(\.\d+)?[smhd])+", text):
+            seconds = sum(
+                float(number) * _DURATION_UNITS[unit]
+                for number, unit in re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+            )
+        elif re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+    if seconds is None or not seconds > 0:
+        raise ConfigError(
+            f"{key} must be a positive duration such as 600, 90s, 10m, 1h30m or 00:00:10:00 "
+            f"(null: no time limit), got {value!r}"
+        )
+    return seconds
+
+
 @dataclass
 class TrainingConfig:
     """The training recipe (the original design's TrainingConfig, plus optimiser and schedule)."""
@@ -63,6 +96,8 @@ class TrainingConfig:
     # speed switches (benchmarks/RESULTS.md): optimizer kernels, CPU threads (null: torch's)
     optimizer_impl: str = "auto"
     num_threads: int | None = None
+    # wall-clock training budget (seconds or "10m"; null: steps only): tinyllm.callbacks.TimeBudget
+    time_budget: Any = None
 
     def __post_init__(self) -> None:
         positive = ("epochs", "batch_size", "max_context", "sample_frequency")
@@ -104,6 +139,7 @@ class TrainingConfig:
                 "training.optimizer_impl must be auto, foreach, fused or loop, "
                 f"got {self.optimizer_impl!r}"
             )
+        parse_duration(self.time_budget)
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(
                 f"training.num_threads must be >= 1 (null: torch's default), got {self.num_threads}"

@@ -2,10 +2,10 @@
 
 `FaultGuard` is a Lightning callback that train.py always adds:
 
-* SIGINT (Ctrl-C) or SIGTERM during training: the step in progress finishes, then
-  `<run>/checkpoints/last.ckpt` is saved (atomically), the best artifacts are written if no
-  validation has written them yet, one line tells how to resume, and `TrainingInterrupted`
-  ends the run (train.py exits 130 or 143, without a traceback). A second Ctrl-C stops at once
+* SIGINT (Ctrl-C) or SIGTERM during training: the step in progress finishes, the run validates
+  (as every run does at its end), `<run>/checkpoints/last.ckpt` is saved (atomically), the best
+  artifacts are written if no validation has written them yet, one line tells how to resume,
+  and `TrainingInterrupted` ends the run (train.py exits 130 or 143, without a traceback). A second Ctrl-C stops at once
   (Lightning's own KeyboardInterrupt handling), keeping the last checkpoint already on disk.
 * A NaN or infinite training loss (checked before it is back-propagated, so the weights never
   take the bad step) or validation loss raises `NonFiniteLossError`: nothing more is saved, so
@@ -54,6 +54,8 @@ class FaultGuard(L.Callback):
         self.run_dir = Path(run_dir)
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.requested: int | None = None
+        self.stopped_by: int | None = None  # the signal that stopped training
+        self._saved_since_stop = False
         self._previous: dict[int, object] = {}
 
     # --- signals ------------------------------------------------------------------------------
@@ -63,7 +65,8 @@ class FaultGuard(L.Callback):
             raise KeyboardInterrupt  # second Ctrl-C: stop now
         self.requested = signum
         log.warning(
-            "%s received: saving a checkpoint after this step (Ctrl-C again to stop at once)",
+            "%s received: saving a checkpoint after this step and a validation "
+            "(Ctrl-C again to stop at once)",
             signal.Signals(signum).name,
         )
 
@@ -71,7 +74,7 @@ class FaultGuard(L.Callback):
         # after Lightning registered its own SIGTERM handler in Trainer._run: ours replaces it
         # (Lightning's would stop only at the end of an epoch), and Lightning restores the
         # original handlers when it tears down
-        self.requested = None
+        self.requested = self.stopped_by = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
@@ -86,6 +89,33 @@ class FaultGuard(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._restore_signals()
+        if self.stopped_by is None:
+            return
+        if not self._saved_since_stop:  # no validation ran (or no checkpoint callback saved)
+            trainer.save_checkpoint(self._last_path(trainer))
+        for callback in trainer.callbacks:
+            # the best model so far is on disk already if a validation ran; if none did, the
+            # current weights are the best there is
+            if (
+                isinstance(callback, BestArtifactsCallback)
+                and not callback.exported
+                and not (callback.dirpath / WEIGHTS_FILE).exists()
+            ):
+                callback.export(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        if self.stopped_by is not None:
+            self._saved_since_stop = True
+
+    def raise_if_interrupted(self, trainer) -> None:
+        """After `fit`: a signal stopped the run (validated and saved): end it with that signal."""
+        if self.stopped_by is not None:
+            command = resume_command(self.run_dir)
+            last = self._last_path(trainer)
+            raise TrainingInterrupted(self.stopped_by, trainer.global_step, last, command)
+
+    def _last_path(self, trainer) -> Path:
+        return self._last_checkpoint_path(trainer) or self.run_dir / "checkpoints" / LAST_CHECKPOINT
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_signals()
@@ -109,20 +139,10 @@ class FaultGuard(L.Callback):
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if not requested:
             return
-        signum, self.requested = self.requested or signal.SIGTERM, None
-        last = self._last_checkpoint_path(trainer) or self.run_dir / "checkpoints" / LAST_CHECKPOINT
-        trainer.save_checkpoint(last)
-        for callback in trainer.callbacks:
-            # the best model so far is on disk already if a validation ran; if none did, the
-            # current weights are the best there is
-            if (
-                isinstance(callback, BestArtifactsCallback)
-                and not callback.exported
-                and not (callback.dirpath / WEIGHTS_FILE).exists()
-            ):
-                callback.export(trainer, pl_module)
-        command = resume_command(self.run_dir)
-        raise TrainingInterrupted(signum, trainer.global_step, last, command)
+        # Lightning validates at a step where should_stop is set; ModelCheckpoint then saves
+        self.stopped_by, self.requested = self.requested or signal.SIGTERM, None
+        self._saved_since_stop = False
+        trainer.should_stop = True
 
     # --- non-finite loss ----------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import asdict, dataclass
 
 import lightning as L
 import torch
@@ -16,14 +17,56 @@ OPTIMIZERS = ("adam", "adamw")
 OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "loop")
 
 
+@dataclass
+class LRPlan:
+    """Where the learning rate goes: linear warmup, then cosine decay to the floor at `end_step`.
+
+    Plain numbers, saved in checkpoints. The end can move while training (a time budget that
+    fits fewer steps than asked for; a resumed run asked to train longer): `move_end` then
+    restarts the decay from the rate in force at that step, so the curve never jumps.
+    `clock_step` is the step that the elapsed share of a time budget stands for: the decay
+    follows whichever of it and the real step is further on, so the floor is reached when the
+    budget runs out even if the machine slows down (tinyllm/callbacks.py: TimeBudget).
+    """
+
+    warmup_steps: int
+    end_step: int
+    min_lr_ratio: float
+    # the decay starts at `anchor_step` with `anchor_value` (None: at the end of warmup, at 1)
+    anchor_step: int | None = None
+    anchor_value: float = 1.0
+    clock_step: float = 0.0
+    # the trainer's max_steps when the plan was made; a resumed run asking for other steps re-plans
+    planned_for: int | None = None
+
+    def multiplier(self, step: int) -> float:
+        if self.anchor_step is None:
+            if step < self.warmup_steps:
+                return (step + 1) / self.warmup_steps
+            start, value = self.warmup_steps, 1.0
+        else:
+            start, value = self.anchor_step, self.anchor_value
+        position = max(step, self.clock_step)
+        if position >= self.end_step:
+            return self.min_lr_ratio
+        progress = max(0.0, position - start) / max(1, self.end_step - start)
+        return self.min_lr_ratio + 0.5 * (value - self.min_lr_ratio) * (
+            1.0 + math.cos(math.pi * progress)
+        )
+
+    def move_end(self, step: int, end_step: int) -> None:
+        """Reach the floor at `end_step` instead, continuing smoothly from the rate at `step`."""
+        if self.anchor_step is not None or step >= self.warmup_steps:
+            self.anchor_value, self.anchor_step = self.multiplier(step), step
+        elif end_step < 2 * self.warmup_steps:  # a run shorter than its warmup: warm up in half
+            self.warmup_steps = max(step + 1, end_step // 2)
+        self.end_step = end_step
+        self.clock_step = 0.0
+
+
 def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: linear warmup to 1, cosine decay to `min_lr_ratio` at `decay_steps`, flat."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if step >= decay_steps:
-        return min_lr_ratio
-    progress = (step - warmup_steps) / max(1, decay_steps - warmup_steps)
-    return min_lr_ratio + 0.5 * (1.0 - min_lr_ratio) * (1.0 + math.cos(math.pi * progress))
+    return LRPlan(warmup_steps, decay_steps, min_lr_ratio).multiplier(step)
 
 
 def build_optimizer(model: torch.nn.Module, hp) -> torch.optim.Optimizer:
@@ -85,6 +128,8 @@ class LanguageModel(L.LightningModule):
         # artifacts hold the plain Transformer's keys and generation (KV cache) stays eager.
         self._compiled_forward = torch.compile(self.model.forward) if compile else None
         self._batch_started: float | None = None
+        # the learning-rate plan: made in configure_optimizers, or restored from a checkpoint
+        self.lr_plan: LRPlan | None = None
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
@@ -145,14 +190,30 @@ class LanguageModel(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = build_optimizer(self.model, hp)
-        decay_steps = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
-        if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
-            decay_steps = hp.warmup_steps
+        if self.lr_plan is None:  # not restored from a checkpoint
+            decay_steps = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
+            if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
+                decay_steps = hp.warmup_steps
+            self.lr_plan = LRPlan(
+                hp.warmup_steps, int(decay_steps), hp.min_lr_ratio, planned_for=self._max_steps()
+            )
+        # a function, not the plan object: LambdaLR would pickle an object's attributes
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: warmup_cosine(step, hp.warmup_steps, int(decay_steps), hp.min_lr_ratio),
+            optimizer, lambda step: self.lr_plan.multiplier(step)
         )
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
+
+    def _max_steps(self) -> int | None:
+        trainer = self._trainer
+        return trainer.max_steps if trainer is not None and trainer.max_steps > 0 else None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lr_plan is not None:
+            checkpoint["lr_plan"] = asdict(self.lr_plan)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "lr_plan" in checkpoint:
+            self.lr_plan = LRPlan(**checkpoint["lr_plan"])

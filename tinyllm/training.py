@@ -15,9 +15,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from tinyllm.callbacks import BestArtifactsCallback
+from tinyllm.callbacks import BestArtifactsCallback, TimeBudget, ValidateAtEnd
 from tinyllm.checkpointing import AtomicCheckpointIO, TrainingStateCallback, verify_checkpoint
-from tinyllm.config import ConfigError, print_config_tree, validate
+from tinyllm.config import ConfigError, parse_duration, print_config_tree, validate
 from tinyllm.data import CharDataModule
 from tinyllm.faults import FaultGuard
 from tinyllm.io import write_atomic
@@ -119,9 +119,16 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:
         # Lightning refuses a LearningRateMonitor without a logger (`logger=none`)
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    # resuming, interrupts, non-finite loss and crash-safe checkpoints (tinyllm/faults.py,
+    # promises every run keeps, whatever the callbacks config: the time budget, a validation at
+    # the end, resuming, interrupts, non-finite loss (tinyllm/callbacks.py, tinyllm/faults.py,
     # tinyllm/checkpointing.py)
-    callbacks += [FaultGuard(output_dir), TrainingStateCallback()]
+    guard = FaultGuard(output_dir)
+    callbacks += [
+        TimeBudget(parse_duration(cfg.training.get("time_budget"))),
+        ValidateAtEnd(),
+        guard,
+        TrainingStateCallback(),
+    ]
     trainer: L.Trainer = instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
     )
@@ -131,6 +138,7 @@ def train(cfg: DictConfig) -> float | None:
     best_score = best.best_score if best else None
     if trainer.is_global_zero:
         report(output_dir, best)
+    guard.raise_if_interrupted(trainer)
     return best_score
 
 
