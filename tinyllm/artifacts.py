@@ -194,7 +194,9 @@ def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{weights} is not a readable safetensors file ({first[:200]})") from None
+        raise ArtifactError(
+            f"{weights} is not a readable safetensors file ({first[:200]})"
+        ) from None
 
 
 def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

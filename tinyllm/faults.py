@@ -5,8 +5,9 @@
 * SIGINT (Ctrl-C) or SIGTERM during training: the step in progress finishes, the run validates
   (as every run does at its end), `<run>/checkpoints/last.ckpt` is saved (atomically), the best
   artifacts are written if no validation has written them yet, one line tells how to resume,
-  and `TrainingInterrupted` ends the run (train.py exits 130 or 143, without a traceback). A second Ctrl-C stops at once
-  (Lightning's own KeyboardInterrupt handling), keeping the last checkpoint already on disk.
+  and `TrainingInterrupted` ends the run (train.py exits 130 or 143, without a traceback).
+  A second Ctrl-C stops at once (Lightning's own KeyboardInterrupt handling), keeping the last
+  checkpoint already on disk.
 * A NaN or infinite training loss (checked before it is back-propagated, so the weights never
   take the bad step) or validation loss raises `NonFiniteLossError`: nothing more is saved, so
   the best artifacts and checkpoints from before stay as they were.
