@@ -183,3 +183,23 @@ def test_full_disk_fails_before_training(tmp_path, corpus_file, monkeypatch):
 
 
 # the same through train.py: tests/test_bad_inputs.py ("unwritable run folder")
+
+
+# --- written files honour the umask ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_files_honour_the_umask(tmp_path, umask, mode):
+    tokenizer = CharacterTokenizer().fit("abc \n")
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=8, n_layer=1, n_head=1,
+                         n_embd=8)  # fmt: skip
+    previous = os.umask(umask)
+    try:
+        AtomicCheckpointIO().save_checkpoint({"global_step": 1}, tmp_path / "last.ckpt")
+        save_artifacts(tmp_path / "best", Transformer(config), tokenizer, {})
+    finally:
+        os.umask(previous)
+    files = [tmp_path / "last.ckpt", *(tmp_path / "best").iterdir()]
+    assert len(files) == 5
+    for path in files:
+        assert path.stat().st_mode & 0o777 == mode, path
