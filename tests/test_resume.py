@@ -15,12 +15,8 @@ import pytest
 import torch
 from conftest import ROOT, TINY_OVERRIDES, compose_config, read_events, run_train
 
-from tinyllm.checkpointing import (
-    CheckpointError,
-    find_resumable_run,
-    resolve_resume,
-    resolve_resume_argv,
-)
+from tinyllm.checkpointing import CheckpointError
+from tinyllm.cli import find_resumable_run, resolve_resume, resolve_resume_argv
 from tinyllm.training import train
 
 
@@ -113,15 +109,15 @@ def test_resume_argv(tmp_path, monkeypatch):
         "train.py", "model=tiny", "data.path=a b.txt", "trainer.max_steps=50",
         f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}",
     ]  # fmt: skip
-    assert resolve_resume(str(old)) == (old, old / "checkpoints" / "last.ckpt")
+    assert resolve_resume(str(old), "outputs") == (old, old / "checkpoints" / "last.ckpt")
     ckpt = old / "checkpoints" / "last.ckpt"
-    assert resolve_resume(str(ckpt)) == (old, ckpt)
+    assert resolve_resume(str(ckpt), "outputs") == (old, ckpt)
     assert resolve_resume_argv(["train.py", "resume=false", "a=1"]) == ["train.py", "a=1"]
     assert resolve_resume_argv(["train.py", "a=1"]) == ["train.py", "a=1"]
     with pytest.raises(CheckpointError, match="no such run folder"):
-        resolve_resume(str(tmp_path / "nope"))
+        resolve_resume(str(tmp_path / "nope"), "outputs")
     with pytest.raises(CheckpointError, match="has no checkpoints/last.ckpt"):
-        resolve_resume(str(tmp_path))
+        resolve_resume(str(tmp_path), "outputs")
     with pytest.raises(CheckpointError, match="one run"):
         resolve_resume_argv(["train.py", "-m", "resume=true"])
     assert new.is_dir()

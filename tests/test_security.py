@@ -184,7 +184,7 @@ def test_resume_true_looks_only_under_outputs(tmp_path, monkeypatch, evil):
     run.mkdir(parents=True)
     os.symlink(ckpt, run / "last.ckpt")
     monkeypatch.chdir(tmp_path)
-    from tinyllm.checkpointing import find_resumable_run
+    from tinyllm.cli import find_resumable_run
 
     with pytest.raises(CheckpointError, match="no run to resume"):
         find_resumable_run("outputs")
@@ -206,7 +206,7 @@ def test_resume_true_does_not_follow_a_linked_run_folder(tmp_path, monkeypatch):
     (tmp_path / "outputs" / "runs").mkdir(parents=True)
     os.symlink(elsewhere.parent, tmp_path / "outputs" / "runs" / "linked")
     monkeypatch.chdir(tmp_path)
-    from tinyllm.checkpointing import find_resumable_run
+    from tinyllm.cli import find_resumable_run
 
     with pytest.raises(CheckpointError, match="no run to resume"):
         find_resumable_run("outputs")
@@ -287,4 +287,4 @@ def test_chat_refuses_an_oversized_config_with_one_line(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
     lines = (result.stdout + result.stderr).strip().splitlines()
-    assert len(lines) == 1 and "do not belong together" in lines[0], lines
+    assert len(lines) == 1 and "does not match model_config.json" in lines[0], lines

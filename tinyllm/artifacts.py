@@ -23,6 +23,7 @@ from safetensors.torch import save_model as save_safetensors_model
 
 from tinyllm.io import write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
+from tinyllm.runs import default_log_dir, newest_with
 from tinyllm.tokenizer import CharacterTokenizer
 
 WEIGHTS_FILE = "model.safetensors"
@@ -144,7 +145,9 @@ def check_metadata(data: dict, path: Path) -> dict:
 MAX_COMPUTED_ELEMENTS = 2**27
 
 
-def check_weights_match(config: ModelConfig, shapes: dict[str, tuple[int, ...]], where) -> None:
+def check_weights_match(
+    config: ModelConfig, shapes: dict[str, tuple[int, ...]], where: Path, config_name: str
+) -> None:
     """Refuse a config that disagrees with the shapes of the weights it comes with, before
     anything of the config's size is allocated: a lie such as `n_embd: 60000` beside a small
     file fails here with one line instead of asking for tens of gigabytes.
@@ -152,39 +155,36 @@ def check_weights_match(config: ModelConfig, shapes: dict[str, tuple[int, ...]],
     `shapes` come from the safetensors header or the checkpoint's tensors (already in memory,
     bounded by the file's size); the expected shapes come from a model built on the meta device.
     """
+
+    def mismatch(detail: str) -> ArtifactError:
+        return ArtifactError(f"{where} does not match {config_name} or is damaged ({detail})")
+
     layers = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.count(".") > 1}
     if layers != set(range(config.n_layer)):
-        raise ArtifactError(
-            f"{where}: the weights hold {len(layers)} layers but the config says "
-            f"n_layer={config.n_layer}: the files do not belong together"
-        )
+        raise mismatch(f"the weights hold {len(layers)} layers but the config says "
+                       f"n_layer={config.n_layer}")  # fmt: skip
     with torch.device("meta"):
         model = Transformer(config)
     computed = sum(b.numel() for name, b in model.named_buffers() if name not in shapes)
     if computed > MAX_COMPUTED_ELEMENTS:
-        raise ArtifactError(
-            f"{where}: context_length={config.context_length} asks for {computed:,} values of "
-            "position tables: the config is damaged"
-        )
+        raise mismatch(f"context_length={config.context_length} asks for {computed:,} values "
+                       "of position tables")  # fmt: skip
     tensors = model.state_dict(keep_vars=True)
     for name, tensor in tensors.items():
         # tied weights are stored once, under either name
-        aliases = [n for n, t in tensors.items() if t is tensor]
-        stored = [n for n in aliases if n in shapes]
+        stored = [n for n, t in tensors.items() if t is tensor and n in shapes]
         if not stored:
-            raise ArtifactError(f"{where}: the weights have no {name}: the files do not belong "
-                                "together")  # fmt: skip
+            raise mismatch(f"the weights have no {name}")
         got, wanted = tuple(shapes[stored[0]]), tuple(tensor.shape)
         if got != wanted:
-            raise ArtifactError(
-                f"{where}: {stored[0]} is {list(got)} in the weights but the config "
-                f"(n_embd={config.n_embd}, vocab_size={config.vocab_size}, context_length="
-                f"{config.context_length}) needs {list(wanted)}: the files do not belong together"
+            raise mismatch(
+                f"{stored[0]} is {list(got)} in the weights but the config (n_embd="
+                f"{config.n_embd}, vocab_size={config.vocab_size}, context_length="
+                f"{config.context_length}) needs {list(wanted)}"
             )
     unexpected = sorted(set(shapes) - set(tensors))
     if unexpected:
-        raise ArtifactError(f"{where}: unexpected weights {unexpected[:3]}: the files do not "
-                            "belong together")  # fmt: skip
+        raise mismatch(f"unexpected weights {unexpected[:3]}")
 
 
 def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
@@ -195,7 +195,7 @@ def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     except (SafetensorError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ArtifactError(
-            f"{weights} is not a readable safetensors file ({first[:200]})"
+            f"{weights} does not match {CONFIG_FILE} or is damaged ({first[:200]})"
         ) from None
 
 
@@ -227,7 +227,7 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
     if not weights.is_file():
         raise ArtifactError(f"{WEIGHTS_FILE} is missing from {directory}: re-export or retrain")
     _check_inside(weights)
-    check_weights_match(config, _stored_shapes(weights), weights)
+    check_weights_match(config, _stored_shapes(weights), weights, CONFIG_FILE)
     model = Transformer(config)
     try:
         load_safetensors_model(model, weights, strict=True, device=str(device))
@@ -261,7 +261,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
         state = {
             k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
         }
-        check_weights_match(config, {k: tuple(v.shape) for k, v in state.items()}, path)
+        shapes = {k: tuple(v.shape) for k, v in state.items()}
+        check_weights_match(config, shapes, path, "its model config")
         model = Transformer(config)
         model.load_state_dict(state, strict=True)
     except ArtifactError:
@@ -273,29 +274,28 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     return LoadedModel(model.to(device).eval(), tokenizer, metadata, path)
 
 
-def find_latest_best(outputs_dir: str | Path = "outputs") -> Path:
-    """The best/ folder most recently written by train.py under `outputs_dir`.
-
-    Only the folders train.py makes are searched, runs/<time>/best and
-    multiruns/<time>/<job>/best, so other things kept in outputs/ are never picked by
-    accident; among them the newest weights file wins.
-    """
-    outputs_dir = Path(outputs_dir)
-    candidates = [
-        *outputs_dir.glob(f"runs/*/{BEST_DIR}/{WEIGHTS_FILE}"),
-        *outputs_dir.glob(f"multiruns/*/*/{BEST_DIR}/{WEIGHTS_FILE}"),
-    ]
-    if not candidates:
+def find_latest_best(outputs_dir: str | Path | None = None) -> Path:
+    """The best/ folder most recently written by train.py under `outputs_dir` (default: where
+    runs live, $TINYLLM_OUTPUTS or outputs/). Only the run folders train.py makes are searched,
+    so other things kept there are never picked by accident."""
+    outputs_dir = Path(outputs_dir) if outputs_dir is not None else default_log_dir()
+    run = newest_with(outputs_dir, f"{BEST_DIR}/{WEIGHTS_FILE}")
+    if run is None:
         raise ArtifactError(
             f"no trained model under {outputs_dir}/: run `python train.py` first or pass a path"
         )
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent
+    return run / BEST_DIR
 
 
-def load_model(path: str | Path | None = None, device: str | torch.device = "cpu") -> LoadedModel:
-    """A best/ folder, a run folder (its best/), a .ckpt file, or None for the latest run."""
+def load_model(
+    path: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    outputs_dir: str | Path | None = None,
+) -> LoadedModel:
+    """A best/ folder, a run folder (its best/), a .ckpt file, or None for the latest run under
+    `outputs_dir` (default: where runs live, tinyllm/runs.py)."""
     if path is None:
-        return load_artifacts(find_latest_best(), device)
+        return load_artifacts(find_latest_best(outputs_dir), device)
     path = Path(path).expanduser()
     if path.is_file() and path.suffix == ".ckpt":
         return load_checkpoint(path, device)

@@ -8,10 +8,7 @@
   random windows where it stopped instead of starting the epoch's draw over.
 * `TrainingStateCallback`: the Python, NumPy and torch random number generators, saved with
   each checkpoint and restored when training resumes.
-* `resolve_resume_argv`: turns `python train.py resume=true` (the newest run under outputs/ with
-  a `checkpoints/last.ckpt`) or `resume=PATH` (a run folder or a .ckpt inside one) into the
-  run's own overrides plus `hydra.run.dir=<that run> ckpt_path=<its last.ckpt>`, so the run
-  continues in its own folder: same config, same TensorBoard curves, same train.log.
+(`resume=` on the command line is turned into a run folder and its last.ckpt in tinyllm/cli.py.)
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
@@ -37,9 +33,6 @@ log = logging.getLogger(__name__)
 
 LAST_CHECKPOINT = "last.ckpt"
 CHECKPOINT_DIR = "checkpoints"
-DEFAULT_LOG_DIR = "outputs"
-# overrides that name the run itself; a resumed run gets them anew
-_RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
 
 
 class CheckpointError(ConfigError):
@@ -203,98 +196,6 @@ class TrainingStateCallback(L.Callback):
         if self._pending is not None:
             _set_rng_state(self._pending)
             self._pending = None
-
-
-# --- resume=true / resume=PATH ---------------------------------------------------------------
-
-
-def find_resumable_run(log_dir: str | Path = DEFAULT_LOG_DIR) -> Path:
-    """The run folder under `log_dir` whose `checkpoints/last.ckpt` was written most recently.
-
-    Only the folders train.py makes are searched (runs/<time>/ and multiruns/<time>/<job>/, as
-    chat.py's model lookup), and nothing reached through a link that leads out of `log_dir`.
-    """
-    log_dir = Path(log_dir)
-    root = log_dir.resolve()
-    found = [
-        *log_dir.glob(f"runs/*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"),
-        *log_dir.glob(f"multiruns/*/*/{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"),
-    ]
-    candidates = [
-        p for p in found if p.is_file() and not p.is_symlink() and root in p.resolve().parents
-    ]
-    if not candidates:
-        raise CheckpointError(
-            f"no run to resume under {log_dir}/ (none has {CHECKPOINT_DIR}/{LAST_CHECKPOINT}): "
-            "start one with `python train.py`, or pass resume=<run folder>"
-        )
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
-
-
-def resolve_resume(value: str, log_dir: str | Path = DEFAULT_LOG_DIR) -> tuple[Path, Path]:
-    """(run folder, checkpoint) for `resume=VALUE`: true (the newest run), a run folder, or a
-    .ckpt inside a run's checkpoints/ folder."""
-    if value.strip().lower() in ("true", "yes", "1", "latest", "last"):
-        run = find_resumable_run(log_dir)
-        return run, run / CHECKPOINT_DIR / LAST_CHECKPOINT
-    path = Path(value).expanduser()
-    if path.is_file() and path.suffix == ".ckpt":
-        if path.parent.name != CHECKPOINT_DIR:
-            raise CheckpointError(
-                f"{path} is not inside a run's {CHECKPOINT_DIR}/ folder: resume=<run folder>, "
-                f"or start a new run from it with ckpt_path={path}"
-            )
-        return path.parent.parent, path
-    if path.is_dir():
-        ckpt = path / CHECKPOINT_DIR / LAST_CHECKPOINT
-        if ckpt.is_file():
-            return path, ckpt
-        raise CheckpointError(
-            f"{path} has no {CHECKPOINT_DIR}/{LAST_CHECKPOINT} to resume from "
-            "(pass a run folder of `python train.py`)"
-        )
-    raise CheckpointError(f"resume={value}: no such run folder or checkpoint")
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def _saved_overrides(run: Path) -> list[str]:
-    path = run / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or []
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is damaged ({e}); resume with ckpt_path= instead") from None
-    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
-        raise CheckpointError(f"{path} is not a list of overrides; resume with ckpt_path=")
-    return [o for o in saved if _key(o) not in _RUN_KEYS]
-
-
-def resolve_resume_argv(argv: list[str]) -> list[str]:
-    """`train.py ... resume=X` -> the run's saved overrides + yours + its folder and last.ckpt.
-
-    Overrides given now win over the saved ones with the same key (e.g. a larger
-    `trainer.max_steps` to train on). Without `resume=` (or with resume=false/null) `argv` is
-    returned unchanged. Multirun (`-m`) cannot resume; its jobs are resumed one by one.
-    """
-    resume = [a for a in argv[1:] if a.startswith("resume=")]
-    if not resume:
-        return argv
-    value = resume[-1].split("=", 1)[1]
-    if value.strip().lower() in ("", "false", "no", "0", "null", "none"):
-        return [a for a in argv if not a.startswith("resume=")]
-    if any(a in ("-m", "--multirun") for a in argv[1:]):
-        raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
-    user = [a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")]
-    log_dir = next((a.split("=", 1)[1] for a in user if _key(a) == "paths.log_dir"), None)
-    run, ckpt = resolve_resume(value, log_dir or DEFAULT_LOG_DIR)
-    user_keys = {_key(a) for a in user if "=" in a}
-    saved = [o for o in _saved_overrides(run) if _key(o) not in user_keys]
-    run_dir = [] if "hydra.run.dir" in user_keys else [f"hydra.run.dir={run}"]
-    return [argv[0], *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]
 
 
 def resume_command(run_dir: str | Path) -> str:

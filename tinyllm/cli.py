@@ -1,4 +1,4 @@
-"""Console scripts (pyproject.toml `[project.scripts]`), usable from any folder once installed:
+"""Every entry point and all command-line handling (pyproject.toml `[project.scripts]`):
 
     tinyllm-train [overrides]      as `python train.py`, configs read from the installed package
     tinyllm-chat [model]           as `python chat.py`
@@ -10,33 +10,47 @@ The configs ship inside the package (tinyllm/configs/, which the repository's to
 (so new names: my_configs/model/huge.yaml is then `model=huge`); `--config-name my_train` uses
 my_configs/my_train.yaml as the primary config (it can start with `defaults: [train, _self_]`).
 Outputs and data go under the current folder (`paths.root_dir`).
+
+Before Hydra starts, `train_main` turns `resume=true` / `resume=RUN` into that run's overrides,
+folder and last checkpoint, and checks that the output folder can be written (Hydra would fail
+with a traceback). Both read where runs live from the composed config (`paths.log_dir`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from pathlib import Path
 
 import hydra
+import yaml
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
-from tinyllm.checkpointing import CheckpointError, resolve_resume_argv
+from tinyllm.checkpointing import CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
-from tinyllm.faults import NonFiniteLossError, TrainingInterrupted, check_output_argv
+from tinyllm.faults import NonFiniteLossError, TrainingInterrupted
+from tinyllm.runs import RunFolderError, default_log_dir, newest_with
 from tinyllm.sweep import exit_job
 from tinyllm.training import train
 
 log = logging.getLogger("tinyllm.train")
+
+LAST_CHECKPOINT = "checkpoints/last.ckpt"
+# overrides that name the run itself; a resumed run gets them anew
+_RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
+_TRUE = ("true", "yes", "1", "latest", "last")
+_FALSE = ("", "false", "no", "0", "null", "none")
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)
-    except (ConfigError, CorpusError, ArtifactError) as e:
+    except (ConfigError, CorpusError, ArtifactError, RunFolderError) as e:
         log.error("%s", e)
         exit_job(2, e)  # in a -m sweep: this job fails, the others still run (tinyllm/sweep.py)
     except InstantiationException as e:
@@ -54,11 +68,10 @@ def _train_app(cfg: DictConfig) -> float | None:
 
 def train_main() -> None:
     """`python train.py` and `tinyllm-train`."""
-    # `resume=true` / `resume=RUN`: continue that run in its own folder with its own overrides
     try:
         sys.argv = resolve_resume_argv(sys.argv)
         check_output_argv(sys.argv)  # before Hydra creates the run folder
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     _train_app()
@@ -76,3 +89,144 @@ def eval_main() -> None:
     from tinyllm.evaluation import main
 
     sys.exit(main())
+
+
+# --- where the command line says runs live ----------------------------------------------------
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _overrides(argv: list[str]) -> list[str]:
+    return [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+
+
+def _option(argv: list[str], *names: str) -> str | None:
+    """The value of `--name VALUE` or `--name=VALUE` (Hydra's own flags)."""
+    for i, arg in enumerate(argv):
+        for name in names:
+            if arg == name and i + 1 < len(argv):
+                return argv[i + 1]
+            if arg.startswith(name + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def configured_log_dir(argv: list[str]) -> Path:
+    """`paths.log_dir` as the run would compose it: the packaged configs, yours
+    (`--config-dir`/`--config-name`) and the overrides, without starting a run."""
+    from hydra import compose, initialize_config_module
+
+    overrides = [a for a in _overrides(argv) if _key(a) not in _RUN_KEYS and _key(a) != "hydra"]
+    overrides = [a for a in overrides if not _key(a).startswith("hydra.")]
+    config_dir = _option(argv, "--config-dir", "-cd")
+    if config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    try:
+        with initialize_config_module("tinyllm.configs", version_base="1.3"):
+            cfg = compose(_option(argv, "--config-name", "-cn") or "train", overrides=overrides)
+        return Path(cfg.paths.log_dir)
+    except Exception:  # noqa: BLE001 - a bad override: Hydra reports it properly when it runs
+        values = {_key(a): a.split("=", 1)[1] for a in _overrides(argv)}
+        root = values.get("paths.root_dir", ".")
+        return Path(values.get("paths.log_dir") or default_log_dir(root))
+
+
+def check_output_argv(argv: list[str]) -> None:
+    """The folder named by `hydra.run.dir=` (or `hydra.sweep.dir=` with -m), or else the
+    configured `paths.log_dir`, must be a folder we can write in."""
+    values = {_key(a): a.split("=", 1)[1] for a in _overrides(argv)}
+    multirun = any(a in ("-m", "--multirun") for a in argv[1:])
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folder = values.get(key)
+    if folder is None:
+        folder, key = str(configured_log_dir(argv)), "paths.log_dir"
+    if "$" in folder:  # an interpolation: Hydra resolves it, training.check_output_dir checks
+        return
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise RunFolderError(
+            f"output folder {path} is not writable ({e.strerror or e}): set {key} to a "
+            "writable folder"
+        ) from None
+
+
+# --- resume=true / resume=PATH ---------------------------------------------------------------
+
+
+def find_resumable_run(log_dir: str | Path) -> Path:
+    """The run folder under `log_dir` whose `checkpoints/last.ckpt` was written most recently."""
+    run = newest_with(log_dir, LAST_CHECKPOINT)
+    if run is None:
+        raise CheckpointError(
+            f"no run to resume under {log_dir}/ (none has {LAST_CHECKPOINT}): "
+            "start one with `python train.py`, or pass resume=<run folder>"
+        )
+    return run
+
+
+def resolve_resume(value: str, log_dir: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for `resume=VALUE`: true (the newest run), a run folder, or a
+    .ckpt inside a run's checkpoints/ folder."""
+    if value.strip().lower() in _TRUE:
+        run = find_resumable_run(log_dir)
+        return run, run / LAST_CHECKPOINT
+    path = Path(value).expanduser()
+    if path.is_file() and path.suffix == ".ckpt":
+        if path.parent.name != "checkpoints":
+            raise CheckpointError(
+                f"{path} is not inside a run's checkpoints/ folder: resume=<run folder>, "
+                f"or start a new run from it with ckpt_path={path}"
+            )
+        return path.parent.parent, path
+    if path.is_dir():
+        if (path / LAST_CHECKPOINT).is_file():
+            return path, path / LAST_CHECKPOINT
+        raise CheckpointError(
+            f"{path} has no {LAST_CHECKPOINT} to resume from (pass a run folder of "
+            "`python train.py`)"
+        )
+    raise CheckpointError(f"resume={value}: no such run folder or checkpoint")
+
+
+def _saved_overrides(run: Path) -> list[str]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged ({e}); resume with ckpt_path= instead") from None
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise CheckpointError(f"{path} is not a list of overrides; resume with ckpt_path=")
+    return [o for o in saved if _key(o) not in _RUN_KEYS]
+
+
+def resolve_resume_argv(argv: list[str]) -> list[str]:
+    """`train.py ... resume=X` -> the run's saved overrides + yours + its folder and last.ckpt.
+
+    Overrides given now win over the saved ones with the same key (e.g. a larger
+    `trainer.max_steps` to train on). Without `resume=` (or with resume=false/null) `argv` is
+    returned unchanged. Multirun (`-m`) cannot resume; its jobs are resumed one by one.
+    """
+    resume = [a for a in argv[1:] if a.startswith("resume=")]
+    if not resume:
+        return argv
+    value = resume[-1].split("=", 1)[1]
+    if value.strip().lower() in _FALSE:
+        return [a for a in argv if not a.startswith("resume=")]
+    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
+    user = [a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")]
+    log_dir = configured_log_dir(argv) if value.strip().lower() in _TRUE else None
+    run, ckpt = resolve_resume(value, log_dir or ".")
+    user_keys = {_key(a) for a in user if "=" in a}
+    saved = [o for o in _saved_overrides(run) if _key(o) not in user_keys]
+    run_dir = [] if "hydra.run.dir" in user_keys else [f"hydra.run.dir={run}"]
+    return [argv[0], *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.model import ModelConfig
+from tinyllm.runs import default_log_dir, unique_folder
 
 
 class ConfigError(ValueError):
@@ -36,6 +37,11 @@ def fastest_precision() -> str:
 
 
 OmegaConf.register_new_resolver("tinyllm.precision", fastest_precision, replace=True)
+# where runs live (tinyllm/runs.py): $TINYLLM_OUTPUTS or <root>/outputs, and one folder per run
+OmegaConf.register_new_resolver(
+    "tinyllm.log_dir", lambda root=".": str(default_log_dir(root)), replace=True
+)
+OmegaConf.register_new_resolver("tinyllm.unique", unique_folder, replace=True)
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -692,7 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     # fmt: off
-    add("model", nargs="?", metavar="MODEL", help="a run folder, its best/ folder or a .ckpt")
+    add("model", nargs="?", metavar="MODEL",
+        help="a run folder, its best/ folder or a .ckpt (default: the newest best model under "
+             "--outputs)")
+    add("--outputs", metavar="DIR",
+        help="where runs live (default: $TINYLLM_OUTPUTS, else outputs/), as paths.log_dir")
     add("--prompt", "-p", metavar="TEXT", help="continue TEXT once, print it and exit")
     add("--max-tokens", "-n", type=_option(_max_tokens, "max-tokens"), metavar="N",
         help=f"new characters per reply, 1 to {MAX_TOKENS_LIMIT}")
@@ -743,7 +747,7 @@ def _main(argv: list[str] | None) -> int:
     interactive = args.prompt is None and _isatty(sys.stdin)
 
     try:
-        loaded = load_model(args.model)
+        loaded = load_model(args.model, outputs_dir=args.outputs)
     except (ArtifactError, OSError) as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"chat.py: error: {text}", file=sys.stderr)

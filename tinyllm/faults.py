@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import signal
 from pathlib import Path
 
@@ -172,26 +171,3 @@ class FaultGuard(L.Callback):
             f"{what}: lower training.learning_rate (now {rate}) or raise training.warmup_steps"
             f"{kept}"
         )
-
-
-def check_output_argv(argv: list[str]) -> None:
-    """Before Hydra makes the run folder (it would fail with a traceback): the folder named by
-    `hydra.run.dir=` (or `hydra.sweep.dir=` with -m), or else `paths.log_dir` (outputs/), must
-    be a folder we can write in; otherwise a `ValueError` with one line to show."""
-    values = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in argv[1:] if "=" in a}
-    multirun = any(a in ("-m", "--multirun") for a in argv[1:])
-    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
-    folder = values.get(key) or values.get("paths.log_dir") or "outputs"
-    if "$" in folder:  # an interpolation: Hydra resolves it, training.check_output_dir checks
-        return
-    path = Path(folder).expanduser()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.touch()
-        probe.unlink()
-    except OSError as e:
-        raise ValueError(
-            f"output folder {path} is not writable ({e.strerror or e}): set {key} to a "
-            "writable folder"
-        ) from None

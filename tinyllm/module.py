@@ -194,8 +194,10 @@ class LanguageModel(L.LightningModule):
             decay_steps = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
             if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
                 decay_steps = hp.warmup_steps
+            # a run shorter than twice its warmup warms up in its first half, then decays
+            warmup = min(hp.warmup_steps, int(decay_steps) // 2)
             self.lr_plan = LRPlan(
-                hp.warmup_steps, int(decay_steps), hp.min_lr_ratio, planned_for=self._max_steps()
+                warmup, int(decay_steps), hp.min_lr_ratio, planned_for=self._max_steps()
             )
         # a function, not the plan object: LambdaLR would pickle an object's attributes
         scheduler = torch.optim.lr_scheduler.LambdaLR(

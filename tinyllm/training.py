@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from tinyllm.data import CharDataModule
 from tinyllm.faults import FaultGuard
 from tinyllm.io import write_atomic
 from tinyllm.model import ModelConfig
+from tinyllm.runs import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,12 @@ def train(cfg: DictConfig) -> float | None:
     check_output_dir(output_dir)
     # under DDP, Lightning's launcher re-runs this script on every rank: one rank writes the files
     writes_files = rank_zero_only.rank == 0
+    # one live run per folder (rank zero holds it for all ranks); released however fit ends
+    with RunLock(output_dir) if writes_files else contextlib.nullcontext():
+        return _train(cfg, output_dir, writes_files)
+
+
+def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | None:
     if writes_files:
         if cfg.get("print_config", True):
             print_config_tree(cfg)

@@ -1,0 +1,143 @@
+"""Where runs live: the folder under which they go, a fresh folder for each, a lock while one
+trains in it, and finding the newest. Every command asks here, so moving the outputs
+(`paths.log_dir=...` or the TINYLLM_OUTPUTS environment variable) moves them for all of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+OUTPUTS_ENV = "TINYLLM_OUTPUTS"
+LOCK_FILE = ".lock"
+
+
+class RunFolderError(ValueError):
+    """A run folder cannot be used; the message says why and what to do."""
+
+
+def default_log_dir(root_dir: str | Path = ".") -> Path:
+    """Where runs go when nothing else is said: $TINYLLM_OUTPUTS, else `<root_dir>/outputs`."""
+    return Path(os.environ.get(OUTPUTS_ENV) or Path(root_dir) / "outputs")
+
+
+def run_folders(log_dir: str | Path) -> Iterator[Path]:
+    """The folders train.py makes under `log_dir` (runs/<time>/ and multiruns/<time>/<job>/),
+    none reached through a link that leads out of `log_dir`."""
+    log_dir = Path(log_dir)
+    root = log_dir.resolve()
+    for folder in (*log_dir.glob("runs/*"), *log_dir.glob("multiruns/*/*")):
+        if folder.is_dir() and not folder.is_symlink() and root in folder.resolve().parents:
+            yield folder
+
+
+def newest_with(log_dir: str | Path, relative: str) -> Path | None:
+    """The run folder whose file `relative` (e.g. checkpoints/last.ckpt) was written last."""
+    found = [
+        folder
+        for folder in run_folders(log_dir)
+        if (folder / relative).is_file() and not (folder / relative).is_symlink()
+    ]
+    return max(found, key=lambda f: (f / relative).stat().st_mtime) if found else None
+
+
+# --- a folder of its own for every run ------------------------------------------------------
+
+_made: dict[str, str] = {}
+
+
+def unique_folder(path: str) -> str:
+    """`${tinyllm.unique:...}`: create `path`, or `path_2`, `path_3`, ... if it exists.
+
+    Two runs started in the same second (a shell loop, a job array) name the same `<time>`
+    folder; creating it exclusively gives each its own. The same process asking again gets the
+    folder it made (Hydra resolves the run folder more than once).
+    """
+    if path in _made:
+        return _made[path]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = path, 1
+    while True:
+        try:
+            os.mkdir(candidate)
+            break
+        except FileExistsError:
+            n += 1
+            candidate = f"{path}_{n}"
+    _made[path] = candidate
+    return candidate
+
+
+# --- one live run per folder ----------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+class RunLock:
+    """`<run>/.lock` while a run trains there: a second run in the same folder is refused.
+
+    The lock names its process and host; a lock left by a process of this host that no longer
+    exists (killed, crashed) is stale and taken over. A lock from another host cannot be
+    checked, so it is reported with how to remove it.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.path = Path(folder) / LOCK_FILE
+        self.held = False
+
+    def acquire(self) -> RunLock:
+        mine = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self._check_holder()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(mine, f)
+            self.held = True
+            return self
+        raise RunFolderError(f"cannot lock {self.path.parent}: remove {self.path} and try again")
+
+    def _check_holder(self) -> None:
+        """Remove a stale lock; refuse a live one."""
+        try:
+            holder = json.loads(self.path.read_text(encoding="utf-8"))
+            pid, host = int(holder["pid"]), str(holder["host"])
+        except FileNotFoundError:
+            return  # released meanwhile
+        except (OSError, ValueError, KeyError, TypeError):
+            holder, pid, host = {}, -1, socket.gethostname()  # torn: its writer died
+        if host == socket.gethostname() and (pid < 0 or not _alive(pid)):
+            self.path.unlink(missing_ok=True)
+            return
+        since = time.strftime("%H:%M:%S", time.localtime(holder.get("started", 0)))
+        where = "" if host == socket.gethostname() else f" on {host}"
+        raise RunFolderError(
+            f"run folder {self.path.parent} is in use by process {pid}{where} (since {since}): "
+            "wait for that run to end, or train in another folder (leave hydra.run.dir unset "
+            f"for a new one); if it is no longer running, delete {self.path}"
+        )
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
