@@ -58,10 +58,10 @@ def corpus_file(tmp_path_factory) -> Path:
 
 
 def run_train(
-    *overrides: str, cwd: Path = ROOT, timeout: float = 300
+    *overrides: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """`python train.py OVERRIDES` as a user would run it; output captured."""
-    env = os.environ | {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"}
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"} | (env or {})
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *overrides],
         cwd=cwd,
