@@ -185,6 +185,20 @@ def test_command_line_style_overrides_reach_every_reader(tmp_path):
         ("model.dropout=1.5", "model.dropout"),
         ("model.positional=alibi", "model.positional"),
         ("seed=abc", "seed"),
+        ("training.time_budget=soon", "training.time_budget"),
+        ("training.time_budget=-5", "training.time_budget"),
+        # set on the group that reads the recipe, not through training.*
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.val_split=1.5", "data.val_split"),
+        ("data.num_workers=-1", "data.num_workers"),
+        ("module.learning_rate=-1", "module.learning_rate"),
+        ("module.betas=[0.9,1.5]", "module.betas"),
+        ("trainer.max_steps=0", "trainer.max_steps"),
+        ("trainer.val_check_interval=0", "trainer.val_check_interval"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps"),
+        ("callbacks.early_stopping.patience=-1", "callbacks.early_stopping.patience"),
+        ("callbacks.sample_text.every_n_steps=0", "callbacks.sample_text.every_n_steps"),
+        ("callbacks.best_artifacts.console_temperature=500", "console_temperature"),
     ],
 )
 def test_invalid_values_raise_one_line_naming_the_key(override, key, tmp_path):

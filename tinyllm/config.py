@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.model import ModelConfig
@@ -152,6 +152,113 @@ class TrainingConfig:
             )
 
 
+# --- every other user-settable value, whatever key path sets it --------------------------------
+# The training recipe above is what users usually change, and other groups read it through
+# interpolations (data.batch_size: ${training.batch_size}); a value set directly on those groups
+# (`data.batch_size=0`, `module.learning_rate=-1`) is checked here, with the same kind of line.
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int_at_least(low: int, nullable: bool = False):
+    def check(value) -> bool:
+        return (nullable and value is None) or (_integer(value) and value >= low)
+
+    return check, f"an integer >= {low}" + (" or null" if nullable else "")
+
+
+def _at_least(low: float, nullable: bool = False):
+    def check(value) -> bool:
+        return (nullable and value is None) or (_number(value) and value >= low)
+
+    return check, f"a number >= {low}" + (" or null" if nullable else "")
+
+
+def _between(low: float, high: float, *, low_open: bool = False, high_open: bool = False):
+    def check(value) -> bool:
+        return (
+            _number(value)
+            and (value > low if low_open else value >= low)
+            and (value < high if high_open else value <= high)
+        )
+
+    brackets = ("(" if low_open else "[", ")" if high_open else "]")
+    return check, f"a number in {brackets[0]}{low}, {high}{brackets[1]}"
+
+
+_POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
+_BETAS = (
+    lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_between(0, 1, high_open=True)
+                                                                   [0](b) for b in v),
+    "two numbers in [0, 1)",
+)  # fmt: skip
+_MAX_STEPS = (lambda v: _integer(v) and (v == -1 or v >= 1), "an integer >= 1 (or -1: no limit)")
+_MAX_EPOCHS = (
+    lambda v: v is None or (_integer(v) and (v == -1 or v >= 1)),
+    "an integer >= 1 (or -1/null: no limit)",
+)
+_VAL_CHECK = (
+    lambda v: (_integer(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
+    "an integer >= 1 (steps) or a fraction in (0, 1]",
+)
+
+RULES: dict[str, tuple] = {
+    "data.batch_size": _int_at_least(1),
+    "data.max_context": _int_at_least(1),
+    "data.val_split": _between(0, 1, low_open=True, high_open=True),
+    "data.num_workers": _int_at_least(0),
+    "data.train_windows_per_epoch": _int_at_least(1, nullable=True),
+    "data.max_val_windows": _int_at_least(1, nullable=True),
+    "data.seed": _int_at_least(0),
+    "module.learning_rate": _POSITIVE,
+    "module.weight_decay": _at_least(0),
+    "module.betas": _BETAS,
+    "module.warmup_steps": _int_at_least(0),
+    "module.lr_decay_steps": _int_at_least(1, nullable=True),
+    "module.min_lr_ratio": _between(0, 1),
+    "trainer.max_steps": _MAX_STEPS,
+    "trainer.max_epochs": _MAX_EPOCHS,
+    "trainer.min_steps": _int_at_least(0, nullable=True),
+    "trainer.val_check_interval": _VAL_CHECK,
+    "trainer.log_every_n_steps": _int_at_least(1),
+    "trainer.gradient_clip_val": _at_least(0, nullable=True),
+    "trainer.accumulate_grad_batches": _int_at_least(1),
+    "trainer.num_nodes": _int_at_least(1),
+    "trainer.num_sanity_val_steps": _int_at_least(-1),
+    "callbacks.early_stopping.patience": _int_at_least(0),
+    "callbacks.early_stopping.min_delta": _at_least(0),
+    "callbacks.model_checkpoint.save_top_k": _int_at_least(-1),
+    "callbacks.sample_text.every_n_steps": _int_at_least(1),
+    "callbacks.sample_text.max_new_tokens": _int_at_least(1),
+    "callbacks.sample_text.temperature": _between(0, 100),
+    "callbacks.best_artifacts.console_max_tokens": _int_at_least(1),
+    "callbacks.best_artifacts.console_temperature": _between(0, 100),
+    "callbacks.best_artifacts.console_top_k": _int_at_least(0),
+}
+
+
+def check_rules(cfg: DictConfig) -> None:
+    """Every value named in RULES that the composed config has (a group or callback switched
+    off has none) is what its rule says, or one ConfigError line names it."""
+    for key, (check, wanted) in RULES.items():
+        try:
+            value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{key} cannot be resolved: {_one_line(e)}") from None
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        if value is None and OmegaConf.select(cfg, key, default="absent") == "absent":
+            continue
+        if not check(value):
+            raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+
+
 def _one_line(error: Exception) -> str:
     """OmegaConf errors carry a multi-line 'full_key/object_type' report; keep the first line."""
     return str(error).strip().splitlines()[0]
@@ -186,6 +293,7 @@ def validate(cfg: DictConfig) -> TrainingConfig:
         )
     if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    check_rules(cfg)
     return training
 
 
