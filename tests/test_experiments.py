@@ -1,5 +1,4 @@
-"""The experiment recipes: the default CPU recipe by name, the original design's pre-processing,
-the one-minute smoke run."""
+"""The experiment recipes: the original design's pre-processing, the one-minute smoke run."""
 
 from __future__ import annotations
 
@@ -9,10 +8,6 @@ from omegaconf import OmegaConf
 
 def resolved(overrides, tmp_path) -> dict:
     return OmegaConf.to_container(compose_config(overrides, tmp_path), resolve=True)
-
-
-def test_cpu_default_is_exactly_the_defaults(tmp_path):
-    assert resolved(["experiment=cpu_default"], tmp_path) == resolved([], tmp_path)
 
 
 def test_lowercase_recipe_changes_only_the_cleaning(tmp_path):

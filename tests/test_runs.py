@@ -49,9 +49,20 @@ def test_two_runs_started_at_once_get_two_consistent_folders(tmp_path):
         corpora.append(path)
     procs = [
         subprocess.Popen(
-            [sys.executable, str(ROOT / "train.py"), *TINY_OVERRIDES, "trainer.max_steps=5",
-             f"data.path={corpus}", f"seed={seed}", "paths.log_dir=out", "logger=none"],
-            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(ROOT / "train.py"),
+                *TINY_OVERRIDES,
+                "trainer.max_steps=5",
+                f"data.path={corpus}",
+                f"seed={seed}",
+                "paths.log_dir=out",
+                "logger=none",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )  # fmt: skip
         for seed, corpus in enumerate(corpora)
     ]
@@ -102,4 +113,3 @@ def test_a_lock_from_another_host_is_reported(tmp_path):
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0}))
     with pytest.raises(RunFolderError, match="on elsewhere .* delete"):
         RunLock(tmp_path).acquire()
-
