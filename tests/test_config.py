@@ -315,7 +315,7 @@ def test_debug_overfit_learns_its_few_batches(tmp_path, corpus_file):
 def test_debug_limit_runs_short_epochs(tmp_path, corpus_file):
     import torch
 
-    run, _ = _tiny_run(tmp_path, corpus_file, "debug=limit")
+    run, _ = _tiny_run(tmp_path, corpus_file, "debug=limit", "trainer.max_steps=-1")
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["epoch"] == 2 and last["global_step"] == 60  # 3 epochs of 20 batches
 
