@@ -641,16 +641,30 @@ def _greedy_reference(hf, window_ids: list[int], steps: int, context: int) -> li
             top_p=None,
         )
         return out[0, len(window_ids) :].tolist()
-    keep = max(1, context // 2)
     window, result = window_ids[-context:], []
     for _ in range(steps):
         token = int(hf(torch.tensor([window])).logits[0, -1].argmax())
         result.append(token)
-        if len(window) == context:
-            window = window[-(keep - 1) :] + [token] if keep > 1 else [token]
-        else:
-            window = window + [token]
+        window = _slide(window, token, context)
     return result
+
+
+def _slide(window: list[int], token: int, context: int) -> list[int]:
+    """The next window of `Transformer.stream`: append, or when full keep the last half."""
+    if len(window) < context:
+        return window + [token]
+    keep = max(1, context // 2)
+    return window[-(keep - 1) :] + [token] if keep > 1 else [token]
+
+
+def _margin(model: Transformer, prompt: list[int], generated: list[int], step: int, a: int, b: int):
+    """How far apart our logits for tokens `a` and `b` are at greedy step `step`."""
+    window = prompt[-model.config.context_length :]
+    for token in generated[:step]:
+        window = _slide(window, token, model.config.context_length)
+    with torch.no_grad():
+        logits = model(torch.tensor([window]))[0, -1]
+    return float(logits[a] - logits[b])
 
 
 def representative_text(tokenizer: CharacterTokenizer, length: int = 2048) -> str:
@@ -755,13 +769,16 @@ def _compare(
     same = len(ours_greedy) if differ is None else differ
     note = ""
     if same < GREEDY_CHARACTERS:
-        note = (
-            f" (first difference at character {same + 1}: ours "
-            f"{tokenizer.decode([ours_greedy[same]])!r}, transformers "
-            f"{tokenizer.decode([theirs_greedy[same]])!r})"
-            if same < len(theirs_greedy)
-            else f" (transformers stopped after {len(theirs_greedy)})"
-        )
+        if same < len(theirs_greedy):
+            a, b = ours_greedy[same], theirs_greedy[same]
+            margin = _margin(model, prompt, ours_greedy, same, a, b)
+            note = (
+                f" (first difference at character {same + 1}: ours {tokenizer.decode([a])!r}, "
+                f"transformers {tokenizer.decode([b])!r}; our logits for the two differ by "
+                f"{margin:.2e}{', a near-tie' if margin <= 2 * TOLERANCE else ''})"
+            )
+        else:
+            note = f" (transformers stopped after {len(theirs_greedy)})"
     return CheckReport(
         max_logit_diff=max_diff,
         logit_ids=batch.numel(),
