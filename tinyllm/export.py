@@ -589,24 +589,23 @@ class CheckReport:
 
 
 @torch.no_grad()
-def hidden_states(model: Transformer, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Our residual stream as transformers reports it: the input of each layer, then the output
-    of the last layer after the final LayerNorm (n_layer + 1 tensors)."""
-    config = model.config
-    x, rope = model.token_embedding(ids), None
-    T = ids.shape[1]
-    if config.positional == "learned":
-        x = x + model.position_embedding.weight[:T]
-    elif config.positional == "sinusoidal":
-        x = x + model.position_table[:T].to(x.dtype)
-    else:
-        rope = (model.rotary_cos[:T], model.rotary_sin[:T])
-    states = [x]
-    for layer, block in enumerate(model.blocks):
-        x = block(x, None, layer, rope)
-        states.append(x)
-    states[-1] = model.ln_f(x)
-    return states
+def forward_with_hidden_states(
+    model: Transformer, ids: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and our residual stream as transformers reports it: the input of each layer, then
+    the last layer's output after the final LayerNorm (n_layer + 1 tensors). Hooks on the model's
+    own modules record them during its real forward, so nothing of model.py is re-implemented."""
+    states: list[torch.Tensor] = []
+    hooks = [model.blocks[0].register_forward_pre_hook(lambda m, args: states.append(args[0]))]
+    for block in model.blocks:
+        hooks.append(block.register_forward_hook(lambda m, args, out: states.append(out)))
+    hooks.append(model.ln_f.register_forward_hook(lambda m, args, out: states.append(out)))
+    try:
+        logits = model(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return logits, states[:-2] + states[-1:]  # the last block's output only after ln_f
 
 
 def first_difference(a: Sequence, b: Sequence) -> int | None:
@@ -751,8 +750,7 @@ def _compare(
     rows = max(1, len(ids) // config.context_length)
     batch = ids[: rows * config.context_length].view(rows, -1) if len(ids) >= 2 else ids.view(1, -1)
     with torch.no_grad():
-        ours_states = hidden_states(model, batch)
-        ours_logits = model.lm_head(ours_states[-1])
+        ours_logits, ours_states = forward_with_hidden_states(model, batch)
         out = hf(batch, output_hidden_states=True)
     max_diff = float((out.logits - ours_logits).abs().max())
     layer_diffs = [
