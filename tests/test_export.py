@@ -151,6 +151,10 @@ def test_generation_defaults_and_model_card(tmp_path):
     )
     out = tmp_path / "hf"
     export(tmp_path / "run", out)  # a run folder: its best/
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (out, out / "model.safetensors"):  # readable by others where the umask says so
+        assert path.stat().st_mode & 0o077 == (0o777 if path.is_dir() else 0o666) & ~umask & 0o077
     generation = GenerationConfig.from_pretrained(out, local_files_only=True)
     assert (generation.temperature, generation.top_k, generation.max_new_tokens) == (0.5, 7, 77)
     assert generation.do_sample is True

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+import secrets
 import shutil
 import sys
 import tempfile
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 
 from tinyllm.artifacts import ArtifactError, LoadedModel, load_model
 from tinyllm.model import ModelConfig, Transformer
@@ -429,7 +430,8 @@ def write_folder(loaded: LoadedModel, folder: Path, run_config: dict | None = No
     tensors = hf_tensors(model)
     dtype = model.token_embedding.weight.dtype
     console = console_defaults(loaded.metadata, run_config)
-    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    # bytes written by Python, not save_file: that creates the file 0600, ignoring the umask
+    (folder / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
     _write_json(folder / "config.json", hf_config(model.config, dtype))
     _write_json(folder / "generation_config.json", generation_config(console))
     for name, data in tokenizer_files(loaded.tokenizer, model.config.context_length).items():
@@ -497,7 +499,9 @@ def export(
     run_config = read_run_config(model_path)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+        # a sibling, so the final rename stays on one filesystem; mkdir honours the umask
+        tmp = out_dir.parent / f".{out_dir.name}.tmp-{secrets.token_hex(4)}"
+        tmp.mkdir()
     except OSError as e:
         raise ExportError(
             f"cannot write to {out_dir.parent} ({e.strerror or e}): choose a writable OUT_DIR"
@@ -505,7 +509,6 @@ def export(
     try:
         try:
             write_folder(loaded, tmp, run_config)
-            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; honour the umask like mkdir
         except OSError as e:
             raise ExportError(
                 f"cannot write the export next to {out_dir} ({e.strerror or e}): "
@@ -523,12 +526,6 @@ def export(
         return loaded, report
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- the check against transformers ---------------------------------------------------------
