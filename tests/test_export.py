@@ -156,8 +156,13 @@ def test_generation_defaults_and_model_card(tmp_path):
     for path in (out, out / "model.safetensors"):  # readable by others where the umask says so
         assert path.stat().st_mode & 0o077 == (0o777 if path.is_dir() else 0o666) & ~umask & 0o077
     generation = GenerationConfig.from_pretrained(out, local_files_only=True)
-    assert (generation.temperature, generation.top_k, generation.max_new_tokens) == (0.5, 7, 77)
+    # 77 new tokens would not fit the context of 64: at most half of it (prompt + new must fit)
+    assert (generation.temperature, generation.top_k, generation.max_new_tokens) == (0.5, 7, 32)
     assert generation.do_sample is True
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    ids = tok("ROMEO:", return_tensors="pt").input_ids
+    assert model.generate(ids).shape[1] == 6 + 32  # the README's use, with these defaults
     card = (out / "README.md").read_text()
     for fact in ("my-corpus.txt", "1.2500 nats", "1.8034 bits", "GPTNeoXForCausalLM",
                  "optimizer steps: 1234", "adamw", "bf16-mixed", "from_pretrained"):  # fmt: skip

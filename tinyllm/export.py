@@ -318,12 +318,19 @@ def console_defaults(metadata: dict, run_config: dict) -> dict:
     return settings
 
 
-def generation_config(console: dict) -> dict:
+def max_new_tokens(console: dict, context_length: int) -> int:
+    """The console's length, at most half the context: `generate` does not slide its window as
+    tinyllm does, and GPT-2 fails (IndexError) past its last position, so prompt plus
+    continuation must fit the context."""
+    return max(1, min(console["max_tokens"], context_length // 2))
+
+
+def generation_config(console: dict, context_length: int) -> dict:
     return {
         "do_sample": console["temperature"] > 0,
         "temperature": console["temperature"] if console["temperature"] > 0 else None,
         "top_k": console["top_k"],  # 0 is off, as in tinyllm (transformers' default is 50)
-        "max_new_tokens": console["max_tokens"],
+        "max_new_tokens": max_new_tokens(console, context_length),
         "bos_token_id": None,
         "eos_token_id": None,
         "pad_token_id": None,
@@ -408,10 +415,11 @@ ids = tok("ROMEO:", return_tensors="pt").input_ids
 print(tok.decode(model.generate(ids, max_new_tokens=200)[0]))
 ```
 
-`generation_config.json` holds the run's chat defaults (temperature {console["temperature"]},
-top-k {console["top_k"]} (0 = off), {console["max_tokens"]} new tokens). The model saw at
-most {config.context_length} characters at a time: keep prompt plus continuation within that
-(tinyllm's own generation slides a window; `generate` does not). Characters outside the
+`generation_config.json` holds the run's chat defaults: temperature {console["temperature"]},
+top-k {console["top_k"]} (0 = off) and {max_new_tokens(console, config.context_length)} new
+tokens (the run's console wrote {console["max_tokens"]}; at most half the context here). The
+model saw at most {config.context_length} characters at a time: keep prompt plus continuation
+within that (tinyllm's own generation slides a window; `generate` does not). Characters outside the
 vocabulary cannot be encoded.
 """
 
@@ -433,8 +441,9 @@ def write_folder(loaded: LoadedModel, folder: Path, run_config: dict | None = No
     # bytes written by Python, not save_file: that creates the file 0600, ignoring the umask
     (folder / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
     _write_json(folder / "config.json", hf_config(model.config, dtype))
-    _write_json(folder / "generation_config.json", generation_config(console))
-    for name, data in tokenizer_files(loaded.tokenizer, model.config.context_length).items():
+    context = model.config.context_length
+    _write_json(folder / "generation_config.json", generation_config(console, context))
+    for name, data in tokenizer_files(loaded.tokenizer, context).items():
         _write_json(folder / name, data)
     (folder / "README.md").write_text(model_card(loaded, run_config, console), encoding="utf-8")
 
