@@ -272,10 +272,19 @@ def test_a_failed_check_publishes_nothing(tmp_path, best):
 # --- the command, as a user runs it -------------------------------------------------------------
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+# `python -m tinyllm.export ARGS` where transformers and tokenizers cannot be imported
+WITHOUT_EXTRA = (
+    "import runpy, sys; sys.modules['transformers'] = sys.modules['tokenizers'] = None; "
+    "sys.argv = ['tinyllm.export', *sys.argv[1:]]; "
+    "runpy.run_module('tinyllm.export', run_name='__main__')"
+)
+
+
+def _run(*args: str, without_extra: bool = False) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    command = ["-c", WITHOUT_EXTRA] if without_extra else ["-m", "tinyllm.export"]
     return subprocess.run(
-        [sys.executable, "-m", "tinyllm.export", *args], cwd=ROOT, env=env,
+        [sys.executable, *command, *args], cwd=ROOT, env=env,
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 
@@ -294,6 +303,14 @@ def test_command_exports_and_checks_a_run_on_its_validation_split(tmp_path):
     assert "round trip identical" in result.stdout
     assert {p.name for p in out.iterdir()} == EXPORTED_FILES
 
-    refused = _run(str(run), str(out))  # now non-empty: exit 2, one line, untouched
+
+def test_writing_needs_neither_transformers_nor_tokenizers(tmp_path, best):
+    out = tmp_path / "exported"
+    result = _run(str(best), str(out), without_extra=True)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == EXPORTED_FILES
+    assert AutoModelForCausalLM.from_pretrained(out, local_files_only=True) is not None
+    refused = _run(str(best), str(tmp_path / "checked"), "--check", without_extra=True)
     assert refused.returncode == 2
-    assert refused.stderr.count("\n") == 1 and "--force" in refused.stderr, refused.stderr
+    assert refused.stderr.count("\n") == 1 and 'pip install -e ".[export]"' in refused.stderr
+    assert not (tmp_path / "checked").exists()
