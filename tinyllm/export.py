@@ -1,12 +1,15 @@
 """Export a tinyllm model as a Hugging Face `transformers` folder, and check it.
 
-    python -m tinyllm.export RUN_OR_BEST_DIR OUT_DIR [--check] [--force]     (= tinyllm-export)
+    python -m tinyllm.export RUN_OR_BEST_DIR OUT_DIR [--check] [--force] [--text FILE]
+    tinyllm-export ...                                                    (the same)
 
 The folder loads with stock classes (`AutoModelForCausalLM`, `AutoTokenizer`), no remote code:
 
     positions     architecture         how our weights map
     rotary        GPTNeoXForCausalLM   sequential residual, rotary on the whole head, base 10000;
-                                       the fused QKV rows are regrouped per head (NeoX's layout)
+                                       the fused QKV rows are regrouped per head (NeoX's layout);
+                                       NeoX's rotate_half pairs (x[i], x[i + D/2]) as our
+                                       apply_rotary does, so rows within a head keep their order
     learned       GPT2LMHeadModel      nn.Linear weights transposed into GPT-2's Conv1D layout
     sinusoidal    GPT2LMHeadModel      the fixed sinusoidal table written as the position embedding
 
@@ -45,7 +48,6 @@ from tinyllm.tokenizer import CharacterTokenizer
 
 TOLERANCE = 1e-4  # max |logit difference| allowed in fp32
 GREEDY_CHARACTERS = 200
-LAYER_NORM_EPS = 1e-5  # torch's nn.LayerNorm default, which model.py uses
 ROTARY_BASE = 10000.0  # model.rotary_tables
 RUN_CONFIG = "config.yaml"
 # the run's console defaults when its metadata has none (training/default.yaml)
@@ -87,7 +89,7 @@ def architecture(config: ModelConfig) -> str:
     return "GPTNeoXForCausalLM" if config.positional == "rotary" else "GPT2LMHeadModel"
 
 
-def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
+def hf_config(config: ModelConfig, dtype: torch.dtype, layer_norm_eps: float) -> dict:
     """config.json: the stock architecture's settings that reproduce our model's computation."""
     refuse_unmapped(config)
     common = {
@@ -109,7 +111,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
             "intermediate_size": 4 * config.n_embd,
             "hidden_act": "gelu",  # exact (erf) GELU, as F.gelu
             "max_position_embeddings": config.context_length,
-            "layer_norm_eps": LAYER_NORM_EPS,
+            "layer_norm_eps": layer_norm_eps,
             "use_parallel_residual": False,  # x + attn(ln1(x)), then + mlp(ln2(.)): sequential
             "attention_bias": config.bias,
             "attention_dropout": 0.0,
@@ -131,7 +133,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
         "n_inner": 4 * config.n_embd,
         "n_positions": config.context_length,
         "activation_function": "gelu",  # exact GELU, not GPT-2's tanh approximation (gelu_new)
-        "layer_norm_epsilon": LAYER_NORM_EPS,
+        "layer_norm_epsilon": layer_norm_eps,
         "scale_attn_weights": True,  # 1/sqrt(head size), as scaled_dot_product_attention
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
@@ -440,7 +442,10 @@ def write_folder(loaded: LoadedModel, folder: Path, run_config: dict | None = No
     console = console_defaults(loaded.metadata, run_config)
     # bytes written by Python, not save_file: that creates the file 0600, ignoring the umask
     (folder / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
-    _write_json(folder / "config.json", hf_config(model.config, dtype))
+    eps = {norm.eps for norm in model.modules() if isinstance(norm, torch.nn.LayerNorm)}
+    if len(eps) != 1:  # one eps in the stock configs
+        raise ExportError(f"the model's LayerNorms do not share one eps ({sorted(eps)})")
+    _write_json(folder / "config.json", hf_config(model.config, dtype, eps.pop()))
     context = model.config.context_length
     _write_json(folder / "generation_config.json", generation_config(console, context))
     for name, data in tokenizer_files(loaded.tokenizer, context).items():
