@@ -20,6 +20,7 @@ from tinyllm.export import (
     CheckReport,
     ExportError,
     check_export,
+    checker,
     export,
     main,
     refuse_unmapped,
@@ -179,6 +180,17 @@ def test_an_option_without_a_stock_counterpart_is_refused_by_name():
     with pytest.raises(ExportError, match=r"model\.norm='rmsnorm' has no exact counterpart"):
         refuse_unmapped(FutureConfig(vocab_size=5))
     refuse_unmapped(ModelConfig(vocab_size=5, dropout=0.2, attn_dropout=True))  # inference: off
+
+
+def test_a_trained_run_exports_and_checks_on_its_validation_split(trained_run, tmp_path):
+    """A model trained by train.py (the suite's shared tiny run), as a user exports it."""
+    out = tmp_path / "hf"
+    loaded, report = export(trained_run, out, check=checker(trained_run))
+    assert report.passed, report.summary()
+    assert report.text_source.startswith("the run's validation split")
+    assert report.tokenizer_characters > 1000
+    card = (out / "README.md").read_text()
+    assert f"{loaded.metadata['val_loss']:.4f} nats per character" in card
 
 
 # --- bad input: one line, exit 2, nothing half-written -----------------------------------------

@@ -807,7 +807,11 @@ def _compare(
 Checker = Callable[[LoadedModel, Path], "CheckReport"]
 
 
-def _checker(model_path: Path, text_file: Path | None) -> Checker:
+def checker(model_path: str | Path, text_file: Path | None = None) -> Checker:
+    """The `--check` of the command: on `text_file`, else the run's validation split, else every
+    vocabulary character."""
+    model_path = Path(model_path).expanduser()
+
     def check(loaded: LoadedModel, folder: Path) -> CheckReport:
         if text_file is not None:
             text, source = _read_text(text_file, loaded.tokenizer), f"{text_file}"
@@ -866,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-        check = _checker(model_path, args.text)
+        check = checker(model_path, args.text)
     try:
         loaded, report = export(model_path, args.out_dir, force=args.force, check=check)
     except (ExportError, ArtifactError) as e:
