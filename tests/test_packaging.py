@@ -13,9 +13,10 @@ import zipfile
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
 
-from tinyllm.cli import chat_main, eval_main, train_main
+from tinyllm.cli import chat_main, eval_main, export_main, train_main
 
-SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main}
+SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main,
+           "tinyllm-export": export_main}  # fmt: skip
 
 
 def command(name: str, *args: str, cwd, stdin: str | None = None, timeout: float = 120):
@@ -36,11 +37,14 @@ def test_pyproject_declares_scripts_and_extras():
     for name, function in SCRIPTS.items():
         assert scripts[name] == f"{function.__module__}:{function.__name__}"
     extras = project["optional-dependencies"]
-    assert {"dev", "sweep", "bench"} <= set(extras)
+    assert {"dev", "sweep", "bench", "export"} <= set(extras)
     assert any(r.startswith("hydra-optuna-sweeper") for r in extras["sweep"])
     assert any(r.startswith("pytest") for r in extras["dev"])
     assert any(r.startswith("ruff") for r in extras["dev"])
     assert any(r.startswith("matplotlib") for r in extras["bench"])
+    for package in ("transformers", "tokenizers"):  # the export check runs in CI
+        assert any(r.startswith(package) for r in extras["export"])
+        assert any(r.startswith(package) for r in extras["dev"])
 
 
 def test_configs_live_in_the_package_and_configs_links_there():

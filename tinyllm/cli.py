@@ -3,6 +3,8 @@
     tinyllm-train [overrides]      as `python train.py`, configs read from the installed package
     tinyllm-chat [model]           as `python chat.py`
     tinyllm-eval MODEL [...]       as `python eval.py`
+    tinyllm-export MODEL OUT_DIR   as `python -m tinyllm.export` (a transformers folder)
+    tinyllm-export MODEL OUT_DIR   as `python -m tinyllm.export` (a transformers folder)
 
 The configs ship inside the package (tinyllm/configs/, which the repository's top-level
 `configs/` links to). To use your own, point Hydra at a folder of your own YAML:
@@ -87,6 +89,13 @@ def chat_main() -> None:
 def eval_main() -> None:
     """`tinyllm-eval`: loss, bits per character and perplexity of a saved model."""
     from tinyllm.evaluation import main
+
+    sys.exit(main())
+
+
+def export_main() -> None:
+    """`tinyllm-export`: write a model as a Hugging Face transformers folder (and check it)."""
+    from tinyllm.export import main
 
     sys.exit(main())
 

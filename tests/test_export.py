@@ -1,0 +1,315 @@
+"""Export to Hugging Face transformers: every positional encoding x tied/untied head x bias on/off
+is loaded by stock transformers classes and computes what our model computes; the check's
+diagnostics point at the right layer; bad input gets one line and exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, make_corpus
+from safetensors.torch import load_file, save_file
+
+from tinyllm.artifacts import load_model, save_artifacts
+from tinyllm.export import (
+    CheckReport,
+    ExportError,
+    check_export,
+    checker,
+    export,
+    main,
+    refuse_unmapped,
+)
+from tinyllm.model import ModelConfig, Transformer
+from tinyllm.tokenizer import CharacterTokenizer
+
+transformers = pytest.importorskip("transformers")
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402
+
+# newlines (LF and CR), tabs, runs of spaces, punctuation, quotes, non-ASCII and a non-BMP
+# character: all must survive the tokenizer round trip
+TEXT = make_corpus(40, seed=1) + "\r\n\t  \"quoted\" 'x' -- [a]{b} é ü – “ok” 🙂 <unk> \\ end.\n"
+TOKENIZER = CharacterTokenizer().fit(TEXT)
+EXPORTED_FILES = {
+    "model.safetensors", "config.json", "generation_config.json", "tokenizer.json",
+    "tokenizer_config.json", "README.md",
+}  # fmt: skip
+
+
+def tiny_model(positional: str, tie: bool, bias: bool, context: int = 64, n_layer: int = 2):
+    """Random weights, spread wider than the init (std 0.3) so that the logits of different
+    characters are far apart: a greedy continuation then tests the model, not float ties."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=TOKENIZER.vocab_size, context_length=context, n_layer=n_layer, n_head=2,
+        n_embd=32, positional=positional, tie_weights=tie, bias=bias, dropout=0.1,
+    )  # fmt: skip
+    model = Transformer(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    return model
+
+
+def save_best(folder: Path, model: Transformer, metadata: dict | None = None) -> Path:
+    return save_artifacts(folder / "best", model, TOKENIZER, metadata or {"val_loss": 1.5})
+
+
+def check_with_text(loaded, folder):
+    return check_export(loaded, folder, TEXT, "test text")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("positional", ["rotary", "learned", "sinusoidal"])
+def test_export_computes_what_our_model_computes(tmp_path, positional, tie, bias):
+    # context 32 < prompt + 200: the greedy check slides the window as tinyllm does; 256: generate
+    context = 256 if bias else 32
+    best = save_best(tmp_path, tiny_model(positional, tie, bias, context))
+    out = tmp_path / "hf"
+    loaded, report = export(best, out, check=check_with_text)
+    assert report.passed, report.summary()
+    assert report.max_logit_diff <= 1e-4
+    assert report.greedy_identical == report.greedy_total == 200
+    assert all(diff <= 1e-4 for _, diff in report.layer_diffs)
+    assert len(report.layer_diffs) == 3  # embeddings, layer 1, layer 2 (after the final norm)
+    assert {p.name for p in out.iterdir()} == EXPORTED_FILES
+
+    # independently of the check: the published folder, loaded as a user would
+    hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    expected = "GPTNeoXForCausalLM" if positional == "rotary" else "GPT2LMHeadModel"
+    assert type(hf).__name__ == expected
+    head, embedding = hf.get_output_embeddings().weight, hf.get_input_embeddings().weight
+    assert (head.data_ptr() == embedding.data_ptr()) == tie == hf.config.tie_word_embeddings
+    ids = tok(TEXT[:context], return_tensors="pt").input_ids
+    assert ids[0].tolist() == TOKENIZER.encode(TEXT[:context])
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, loaded.model(ids), atol=1e-4, rtol=0)
+    assert tok.decode(ids[0]) == TEXT[:context]
+
+
+def test_the_check_names_the_first_layer_that_diverges(tmp_path):
+    best = save_best(tmp_path, tiny_model("learned", tie=False, bias=True, n_layer=3))
+    out = tmp_path / "hf"
+    export(best, out)
+    weights = load_file(out / "model.safetensors")
+    weights["transformer.h.1.mlp.c_proj.weight"] *= -2.0  # layer 2 (1-based) is off
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+    report = check_export(load_model(best), out, TEXT)
+    assert not report.passed
+    assert report.max_logit_diff > 1e-4
+    assert report.first_divergent_layer[0] == "the output of layer 2"
+    assert report.layer_diffs[1][1] <= 1e-4  # layer 1 still agrees
+    assert "hidden states first diverge at the output of layer 2" in report.summary()
+    assert report.greedy_identical < 200
+    assert "first difference at character" in report.summary()
+
+
+def test_the_check_tells_exact_gelu_from_the_tanh_approximation(tmp_path):
+    """The tolerance is tight enough to catch a near miss in the mapping (gelu_new vs gelu)."""
+    best = save_best(tmp_path, tiny_model("rotary", tie=False, bias=True))
+    out = tmp_path / "hf"
+    export(best, out)
+    config = json.loads((out / "config.json").read_text())
+    config["hidden_act"] = "gelu_new"
+    (out / "config.json").write_text(json.dumps(config))
+    report = check_export(load_model(best), out, TEXT)
+    assert not report.passed
+    assert report.first_divergent_layer[0] == "the output of layer 1"
+
+
+def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
+    best = save_best(tmp_path, tiny_model("learned", tie=True, bias=False))
+    out = tmp_path / "hf"
+    export(best, out)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    vocab = "".join(TOKENIZER.vocab)
+    for text in (TEXT, vocab, vocab[::-1], "\n\n  \n", " a  b ", "<unk>"):
+        ids = tok(text, add_special_tokens=False).input_ids
+        assert ids == TOKENIZER.encode(text)
+        assert tok.decode(ids) == text
+    assert len(tok) == TOKENIZER.vocab_size
+    assert "§" not in TEXT
+    with pytest.raises(Exception, match="(?i)unk"):  # as in tinyllm: no silent replacement
+        tok("§ is not in the vocabulary")
+
+
+def test_generation_defaults_and_model_card(tmp_path):
+    metadata = {
+        "val_loss": 1.25, "step": 1234, "data_source": "my-corpus.txt",
+        "console": {"temperature": 0.5, "top_k": 7, "max_tokens": 77},
+    }  # fmt: skip
+    save_best(tmp_path / "run", tiny_model("rotary", tie=True, bias=True), metadata)
+    (tmp_path / "run" / "config.yaml").write_text(
+        "training:\n  optimizer: adamw\n  learning_rate: 0.003\n  batch_size: 16\n"
+        "trainer:\n  precision: bf16-mixed\n"
+    )
+    out = tmp_path / "hf"
+    export(tmp_path / "run", out)  # a run folder: its best/
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for path in (out, out / "model.safetensors"):  # readable by others where the umask says so
+        assert path.stat().st_mode & 0o077 == (0o777 if path.is_dir() else 0o666) & ~umask & 0o077
+    generation = GenerationConfig.from_pretrained(out, local_files_only=True)
+    # 77 new tokens would not fit the context of 64: at most half of it (prompt + new must fit)
+    assert (generation.temperature, generation.top_k, generation.max_new_tokens) == (0.5, 7, 32)
+    assert generation.do_sample is True
+    model = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    ids = tok("ROMEO:", return_tensors="pt").input_ids
+    assert model.generate(ids).shape[1] == 6 + 32  # the README's use, with these defaults
+    card = (out / "README.md").read_text()
+    for fact in ("my-corpus.txt", "1.2500 nats", "1.8034 bits", "GPTNeoXForCausalLM",
+                 "optimizer steps: 1234", "adamw", "bf16-mixed", "from_pretrained"):  # fmt: skip
+        assert fact in card, fact
+
+
+def test_an_option_without_a_stock_counterpart_is_refused_by_name():
+    from dataclasses import dataclass
+
+    @dataclass
+    class FutureConfig(ModelConfig):
+        norm: str = "rmsnorm"
+
+    with pytest.raises(ExportError, match=r"model\.norm='rmsnorm' has no exact counterpart"):
+        refuse_unmapped(FutureConfig(vocab_size=5))
+    refuse_unmapped(ModelConfig(vocab_size=5, dropout=0.2, attn_dropout=True))  # inference: off
+
+
+def test_a_trained_run_exports_and_checks_on_its_validation_split(trained_run, tmp_path):
+    """A model trained by train.py (the suite's shared tiny run), as a user exports it."""
+    out = tmp_path / "hf"
+    loaded, report = export(trained_run, out, check=checker(trained_run))
+    assert report.passed, report.summary()
+    assert report.text_source.startswith("the run's validation split")
+    assert report.tokenizer_characters > 1000
+    card = (out / "README.md").read_text()
+    assert f"{loaded.metadata['val_loss']:.4f} nats per character" in card
+
+
+# --- bad input: one line, exit 2, nothing half-written -----------------------------------------
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def best(tmp_path) -> Path:
+    return save_best(tmp_path / "run", tiny_model("learned", tie=False, bias=True))
+
+
+def _refused(capsys, argv: list[str], match: str) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and match in err, err
+    assert "Traceback" not in err
+
+
+def test_bad_model_paths(tmp_path, capsys):
+    out = tmp_path / "hf"
+    _refused(capsys, [str(tmp_path / "missing"), str(out)], "does not exist")
+    (tmp_path / "empty").mkdir()
+    _refused(capsys, [str(tmp_path / "empty"), str(out)], "no model at")
+    assert not out.exists()
+
+
+def test_a_checkpoint_refused_by_the_safe_loader(tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": Payload()}, ckpt)
+    _refused(capsys, [str(ckpt), str(tmp_path / "hf")], "cannot be loaded safely")
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "hf").exists()
+
+
+def test_a_non_empty_out_dir_needs_force(tmp_path, best, capsys):
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    _refused(capsys, [str(best), str(out)], "pass --force")
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert main([str(best), str(out), "--force"]) == 0
+    assert {p.name for p in out.iterdir()} == EXPORTED_FILES
+    assert _leftovers(tmp_path) == []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(best), str(empty)]) == 0  # an empty folder is fine without --force
+
+
+def test_force_never_replaces_the_model_being_exported(tmp_path, best, capsys):
+    _refused(capsys, [str(best.parent), str(best), "--force"], "holds the model being exported")
+    _refused(capsys, [str(best), str(best.parent), "--force"], "holds the model being exported")
+    assert load_model(best).model is not None
+
+
+def test_unwritable_destination(tmp_path, best, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    _refused(capsys, [str(best), str(blocker / "hf")], "cannot write to")
+    _refused(capsys, [str(best), str(blocker)], "is not a folder")
+    if os.geteuid() != 0:  # root writes anywhere: only the case above applies to it
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        _refused(capsys, [str(best), str(locked / "hf")], "cannot write to")
+        assert list(locked.iterdir()) == []
+
+
+def test_check_on_a_given_text(tmp_path, best, capsys):
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT[:500], encoding="utf-8")
+    assert main([str(best), str(tmp_path / "hf"), "--check", "--text", str(text)]) == 0
+    out = capsys.readouterr().out
+    assert f"text: {text}" in out and "round trip identical on" in out
+    assert "200/200 characters identical" in out and "within 0.0001" in out
+    assert "as GPT2LMHeadModel to" in out
+    text.write_text("§ unknown", encoding="utf-8")
+    _refused(capsys, [str(best), str(tmp_path / "hf2"), "--check", "--text", str(text)], "'§'")
+    assert not (tmp_path / "hf2").exists()
+
+
+def test_a_failed_check_publishes_nothing(tmp_path, best):
+    out = tmp_path / "hf"
+    _, report = export(best, out, check=lambda loaded, folder: CheckReport(1.0, 10))
+    assert not report.passed
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+# --- the command, as a user runs it -------------------------------------------------------------
+
+
+# `python -m tinyllm.export ARGS` where transformers and tokenizers cannot be imported
+WITHOUT_EXTRA = (
+    "import runpy, sys; sys.modules['transformers'] = sys.modules['tokenizers'] = None; "
+    "sys.argv = ['tinyllm.export', *sys.argv[1:]]; "
+    "runpy.run_module('tinyllm.export', run_name='__main__')"
+)
+
+
+def _run(*args: str, without_extra: bool = False) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    command = ["-c", WITHOUT_EXTRA] if without_extra else ["-m", "tinyllm.export"]
+    return subprocess.run(
+        [sys.executable, *command, *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
+def test_writing_needs_neither_transformers_nor_tokenizers(tmp_path, best):
+    out = tmp_path / "exported"
+    result = _run(str(best), str(out), without_extra=True)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == EXPORTED_FILES
+    assert AutoModelForCausalLM.from_pretrained(out, local_files_only=True) is not None
+    refused = _run(str(best), str(tmp_path / "checked"), "--check", without_extra=True)
+    assert refused.returncode == 2
+    assert refused.stderr.count("\n") == 1 and 'pip install -e ".[export]"' in refused.stderr
+    assert not (tmp_path / "checked").exists()
