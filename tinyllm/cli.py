@@ -3,6 +3,7 @@
     tinyllm-train [overrides]      as `python train.py`, configs read from the installed package
     tinyllm-chat [model]           as `python chat.py`
     tinyllm-eval MODEL [...]       as `python eval.py`
+    tinyllm-serve [model] [...]    the HTTP API and chat page (tinyllm/serve; the serve extra)
 
 The configs ship inside the package (tinyllm/configs/, which the repository's top-level
 `configs/` links to). To use your own, point Hydra at a folder of your own YAML:
@@ -74,5 +75,12 @@ def chat_main() -> None:
 def eval_main() -> None:
     """`tinyllm-eval`: loss, bits per character and perplexity of a saved model."""
     from tinyllm.evaluation import main
+
+    sys.exit(main())
+
+
+def serve_main() -> None:
+    """`tinyllm-serve`: the OpenAI-compatible API and chat page (= `python -m tinyllm.serve`)."""
+    from tinyllm.serve.server import main
 
     sys.exit(main())
