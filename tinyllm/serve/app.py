@@ -311,12 +311,12 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         open_jobs = len(jobs)
         try:
             while open_jobs:
-                event = await events.get()
-                if isinstance(event, Failure):
-                    raise APIError(500, event.message)
-                if isinstance(event, End):
-                    open_jobs -= 1
-                yield event
+                for event in _coalesced([await events.get(), *_drain(events)]):
+                    if isinstance(event, Failure):
+                        raise APIError(500, event.message)
+                    if isinstance(event, End):
+                        open_jobs -= 1
+                    yield event
         finally:
             for job in jobs:
                 scheduler.cancel(job)
@@ -479,6 +479,26 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         return static(name)
 
     return app
+
+
+def _drain(queue: asyncio.Queue) -> list:
+    items = []
+    while not queue.empty():
+        items.append(queue.get_nowait())
+    return items
+
+
+def _coalesced(events: list) -> list:
+    """Consecutive pieces of one choice as one piece: when the client (or the event loop)
+    falls behind the decoder, it gets fewer, longer chunks instead of a growing backlog."""
+    out: list = []
+    for event in events:
+        last = out[-1] if out else None
+        if isinstance(event, Piece) and isinstance(last, Piece) and last.index == event.index:
+            out[-1] = Piece(event.index, last.text + event.text)
+        else:
+            out.append(event)
+    return out
 
 
 def _is_type_tag(part) -> bool:

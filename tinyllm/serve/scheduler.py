@@ -74,10 +74,25 @@ class Job:
     characters: int = 0
 
     def emit(self, event: Piece | End | Failure) -> None:
+        _deliver([(self, event)])
+
+
+def _deliver(outbox: list[tuple[Job, Piece | End | Failure]]) -> None:
+    """Hand events to their jobs' queues: one wake-up of each event loop for the lot."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for job, event in outbox:
+        by_loop.setdefault(job.loop, []).append((job.events, event))
+    for loop, items in by_loop.items():
         try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+            loop.call_soon_threadsafe(_put_all, items)
         except RuntimeError:  # the event loop is closed: the server is shutting down
-            self.cancelled = True
+            for job, _ in outbox:
+                job.cancelled = True
+
+
+def _put_all(items: list[tuple[asyncio.Queue, Piece | End | Failure]]) -> None:
+    for queue, event in items:
+        queue.put_nowait(event)
 
 
 class Scheduler:
@@ -187,6 +202,7 @@ class Scheduler:
         with torch.inference_mode():
             sampled = self._decoder.step()
         self.steps += 1
+        outbox: list[tuple[Job, Piece | End]] = []
         for row, token in sampled:
             job = self._active[id(row)]
             piece = job.stops.push(job.text.push(token))
@@ -198,10 +214,11 @@ class Scheduler:
                 piece += job.stops.flush()
             if piece:
                 job.characters += len(piece)
-                job.emit(Piece(job.index, piece))
+                outbox.append((job, Piece(job.index, piece)))
             if finish:
-                job.emit(End(job.index, finish, job.characters))
+                outbox.append((job, End(job.index, finish, job.characters)))
                 self._leave(job)
+        _deliver(outbox)
 
     def _fail_all(self, message: str) -> None:
         for job in list(self._active.values()):
