@@ -373,6 +373,26 @@ def test_load_many_clients_some_cancelled_some_malformed(server):
     assert [r.getMessage() for r in errors.records] == []
 
 
+def test_a_failing_decode_step_fails_its_requests_not_the_server(server, client):
+    """An error inside the model step ends the requests of that batch with a 500 error object;
+    the decode thread goes on with a fresh batch and the next request is served."""
+    base, _, app, errors = server
+    scheduler = app.state.scheduler
+
+    def broken():
+        raise RuntimeError("injected fault")
+
+    scheduler._decoder.step = broken  # this batch only: a failure replaces the decoder
+    response = httpx.post(base + "/v1/completions",
+                          json={"model": MODEL_ID, "prompt": "Ay", "max_tokens": 5})  # fmt: skip
+    assert response.status_code == 500
+    assert "injected fault" in response.json()["error"]["message"]
+    assert any("decode step failed" in r.getMessage() for r in errors.records)
+    assert len(client.completions.create(model=MODEL_ID, prompt="Ay", max_tokens=5)
+               .choices[0].text) == 5  # fmt: skip
+    assert wait_idle(base)["status"] == "ok"
+
+
 # --- the page in a real browser ---------------------------------------------------------------
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
