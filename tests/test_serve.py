@@ -242,6 +242,21 @@ def test_bad_values_get_400_naming_the_parameter(client, changes, param):
     assert error.value.body["message"]
 
 
+@pytest.mark.parametrize(
+    ("messages", "param"),
+    [
+        ([{"role": "wizard", "content": "hi"}], "messages.0.role"),
+        ([{"role": "user", "content": 5}], "messages.0.content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], "messages"),
+        ([], "messages"),
+    ],
+)
+def test_bad_chat_messages_get_400(client, messages, param):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model=MODEL_ID, messages=messages, max_tokens=3)
+    assert error.value.body["param"] == param
+
+
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as error:
         client.completions.create(model="gpt-9", prompt="a", max_tokens=2)
@@ -259,12 +274,15 @@ def test_unknown_characters_are_dropped_and_named(client):
     [
         (b"{not json", 400, "not valid JSON"),
         (b"[1, 2]", 400, "JSON object"),
+        (b"[" * 15_000, 400, "nested too deeply"),
+        (b'{"model": "\xff"}', 400, "not UTF-8"),
         (json.dumps({"model": MODEL_ID, "prompt": 7}).encode(), 400, "prompt"),
         (json.dumps({"model": MODEL_ID, "prompt": "a", "temperature": "hot"}).encode(), 400,
          "temperature"),
         (json.dumps({"model": MODEL_ID, "prompt": "a", "n": 1.5}).encode(), 400, "n"),
         (json.dumps({"prompt": "a"}).encode(), 400, "model"),
         (json.dumps({"model": MODEL_ID, "prompt": "a" * 30_000}).encode(), 413, "bytes"),
+        (json.dumps({"model": MODEL_ID, "messages": []}).encode(), 400, "prompt"),
     ],
 )  # fmt: skip
 def test_malformed_bodies_get_an_openai_error_object(server, body, status, fragment):

@@ -251,8 +251,11 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         raw = await request.body()
         try:
             data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the body is not valid JSON ({e.msg if hasattr(e, 'msg') else e})",
+        except json.JSONDecodeError as e:
+            raise APIError(400, f"the body is not valid JSON ({e.msg} at character {e.pos})",
+                           None, "invalid_json") from None  # fmt: skip
+        except (UnicodeDecodeError, RecursionError):
+            raise APIError(400, "the body is not valid JSON (not UTF-8, or nested too deeply)",
                            None, "invalid_json") from None  # fmt: skip
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", None, "invalid_json")
