@@ -13,9 +13,10 @@ import zipfile
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
 
-from tinyllm.cli import chat_main, eval_main, train_main
+from tinyllm.cli import chat_main, eval_main, serve_main, train_main
 
-SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main}
+SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main,
+           "tinyllm-serve": serve_main}  # fmt: skip
 
 
 def command(name: str, *args: str, cwd, stdin: str | None = None, timeout: float = 120):
@@ -41,6 +42,8 @@ def test_pyproject_declares_scripts_and_extras():
     assert any(r.startswith("pytest") for r in extras["dev"])
     assert any(r.startswith("ruff") for r in extras["dev"])
     assert any(r.startswith("matplotlib") for r in extras["bench"])
+    assert {"fastapi", "uvicorn"} <= {r.split(">")[0] for r in extras["serve"]}
+    assert {"openai", "selenium"} <= {r.split(">")[0] for r in extras["dev"]}
 
 
 def test_configs_live_in_the_package_and_configs_links_there():
@@ -113,3 +116,5 @@ def test_wheel_ships_the_configs(tmp_path):
     for path in configs.rglob("*.yaml"):
         assert f"tinyllm/configs/{path.relative_to(configs)}" in names
     assert "tinyllm/cli.py" in names
+    for page in ("index.html", "style.css", "app.js"):  # the chat page of tinyllm-serve
+        assert f"tinyllm/serve/static/{page}" in names
