@@ -318,7 +318,11 @@ class BatchDecoder:
             slots = [row.slot for row in decoding]
             # the live prefix decodes on views of the cache; with prefilled rows among them,
             # the rows to advance are gathered by slot
-            gather = None if slots == list(range(len(slots))) else torch.tensor(slots)
+            gather = (
+                None
+                if slots == list(range(len(slots)))
+                else torch.tensor(slots, device=self.device)
+            )
             out = self.model.decode(tokens, positions, self.cache, gather)
             for i, row in enumerate(decoding):
                 logits[row.slot] = out[i]
