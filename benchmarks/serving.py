@@ -32,8 +32,6 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import machine, markdown_table
-
 BEGIN, END = "<!-- serving: begin -->", "<!-- serving: end -->"
 PROMPT = "ROMEO:\n"
 # tiny-shakespeare's 65 characters: the vocabulary of a freshly initialised default model
@@ -165,6 +163,11 @@ def run(model_dir: str | None = None, quick: bool = False, levels=(1, 4, 16),
     }
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def render(results: dict, about: dict) -> str:
     rows = [[r["clients"], r["requests"], f"{r['chars_per_s']:,.0f}", f"{r['speedup']:.2f}x",
              f"{r['ttfc_p50_ms']:.0f}", f"{r['ttfc_p95_ms']:.0f}"]
@@ -217,6 +220,8 @@ def main(argv=None) -> None:
     results = run(args.model_dir, quick, tuple(args.clients or ((1, 4) if quick else (1, 4, 16))),
                   args.requests or (1 if quick else 3), args.tokens or (20 if quick else 300),
                   args.threads)  # fmt: skip
+    from benchmarks.common import machine  # (imports Lightning: only for the report's header)
+
     about = {"started": started, "machine": machine()}
     print(json.dumps(about | {"serving": results}, indent=2))
     body = render(results, about)
