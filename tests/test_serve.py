@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,6 +57,26 @@ class ErrorLog(logging.Handler):
         self.records.append(record)
 
 
+@contextmanager
+def running(app):
+    """`app` served by uvicorn on a free loopback port, in a thread; yields its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not uv.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """One live server for the module: (base URL, the loaded model, the app, its error log)."""
@@ -67,19 +88,8 @@ def server(tmp_path_factory):
     errors = ErrorLog()
     for name in ("tinyllm.serve", "uvicorn.error"):
         logging.getLogger(name).addHandler(errors)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not uv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    yield f"http://127.0.0.1:{port}", load_model(path), app, errors
-    uv.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as base:
+        yield base, load_model(path), app, errors
     for name in ("tinyllm.serve", "uvicorn.error"):
         logging.getLogger(name).removeHandler(errors)
 
@@ -165,7 +175,7 @@ def test_n_choices_and_lists_of_prompts(client):
     three = client.completions.create(**args, prompt="ROMEO:", n=3)
     texts = [c.text for c in sorted(three.choices, key=lambda c: c.index)]
     assert texts[0] == single and len(set(texts)) == 3  # choice i is seeded with seed + i
-    assert three.usage.completion_tokens == 75
+    assert three.usage.completion_tokens == 75 and three.usage.prompt_tokens == len("ROMEO:")
     both = client.completions.create(**args, prompt=["ROMEO:", "JULIET:"], n=2)
     assert sorted(c.index for c in both.choices) == [0, 1, 2, 3]
     assert next(c.text for c in both.choices if c.index == 0) == single

@@ -65,6 +65,7 @@ class ServeConfig:
     max_n: int = 8  # choices per request (times the prompts of a list)
     max_stops: int = 4
     max_stop_chars: int = 200
+    max_waiting: int = 256  # sequences queued for a slot; beyond it: 429, try again later
 
 
 class APIError(Exception):
@@ -80,7 +81,7 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
 
 
 def _error_response(status: int, message: str, param=None, code=None) -> JSONResponse:
-    kind = {401: "authentication_error", 404: "not_found_error", 413: "invalid_request_error"}
+    kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
     kind = kind.get(status, "invalid_request_error" if status < 500 else "server_error")
     return JSONResponse(error_body(message, kind, param, code), status_code=status)
 
@@ -300,6 +301,9 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         return tokenizer.encode(kept), dropped, len(kept)
 
     def submit(prompts: list[list[int]], settings: SamplingSettings, n: int):
+        if scheduler.waiting + len(prompts) * n > config.max_waiting:
+            raise APIError(429, f"the server is busy ({scheduler.waiting} requests wait for a "
+                           "slot); try again shortly", None, "server_busy")  # fmt: skip
         events: asyncio.Queue = asyncio.Queue()
         jobs = []
         for p, ids in enumerate(prompts):
@@ -368,7 +372,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
                 else:
                     choice = {"index": i, "text": texts[i], "logprobs": None}
                 choices.append(choice | {"finish_reason": ends[i].finish_reason})
-            usage = _usage(prompt_chars * body.n, sum(e.characters for e in ends.values()))
+            usage = _usage(prompt_chars, sum(e.characters for e in ends.values()))
             return JSONResponse(
                 {**head, "object": kind, "choices": choices, "usage": usage} | extra
             )
@@ -400,7 +404,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
                         characters += event.characters
                         yield sse(chunk(event.index, None if chat else "", event.finish_reason))
                 if include_usage:
-                    usage = _usage(prompt_chars * body.n, characters)
+                    usage = _usage(prompt_chars, characters)
                     yield sse({**head, "object": chunk_kind, "choices": [], "usage": usage})
                 yield sse("[DONE]")
             except APIError as e:
