@@ -421,6 +421,31 @@ def test_a_failing_decode_step_fails_its_requests_not_the_server(server, client)
     assert wait_idle(base)["status"] == "ok"
 
 
+def test_a_full_queue_answers_429_and_the_server_goes_on(server):
+    """One slot, one place in the queue: a third concurrent request is told to come back."""
+    _, loaded, _, _ = server
+    app = create_app(loaded, ServeConfig(model_id=MODEL_ID, max_batch=1, max_waiting=1,
+                                         max_tokens_cap=CAP))  # fmt: skip
+    body = {"model": MODEL_ID, "prompt": "ROMEO:", "max_tokens": CAP, "stream": True}
+    with running(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+        with http.stream("POST", "/v1/completions", json=body) as first:
+            lines = first.iter_lines()  # (kept: dropping it would close the stream)
+            next(lines)  # the first request holds the only slot
+            with http.stream("POST", "/v1/completions", json=body) as second:
+                assert second.status_code == 200
+                deadline = time.monotonic() + 10
+                while http.get("/health").json()["waiting"] < 1:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                third = http.post("/v1/completions", json=body | {"stream": False})
+                assert third.status_code == 429
+                assert third.json()["error"]["code"] == "server_busy"
+        assert wait_idle(base)["status"] == "ok"
+        reply = http.post("/v1/completions", json={"model": MODEL_ID, "prompt": "Ay",
+                                                   "max_tokens": 4})  # fmt: skip
+        assert len(reply.json()["choices"][0]["text"]) == 4
+
+
 # --- the page in a real browser ---------------------------------------------------------------
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
