@@ -4,7 +4,9 @@
     Block: x + attn(ln1(x)), then x + mlp(ln2(x))                                       (pre-norm)
 
 `forward` takes an optional `KVCache` so that generation pays for one new position per token
-instead of re-running the whole context; `stream` is the one sampling loop every caller uses.
+instead of re-running the whole context; `stream` is the one sampling loop of a single sequence.
+`decode` advances many sequences at once, each at its own position of a `SlotKVCache` (the
+batched decoding of tinyllm.generation.BatchDecoder); both sample with `sample_next_token`.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class KVCache:
 class SlotKVCache:
     """Keys and values of many sequences decoded together, each at its own position.
 
-    Slots 0..`active`-1 hold the live sequences; a sequence fills its slot by a prefill through
+    The first slots hold the live sequences; a sequence fills its slot by a prefill through
     `slot(i)` (a plain `KVCache` viewing that slot) and then advances one position per
     `Transformer.decode` call. Freeing a slot moves the last live one into it, so the live
     slots stay a prefix and a decode step attends a view, not a gathered copy.
