@@ -347,6 +347,16 @@ def test_a_client_that_goes_away_frees_its_slot(server):
     assert time.monotonic() - started < 5
 
 
+def test_a_whole_response_stops_when_its_client_gives_up(server):
+    """Not streaming: the server notices the closed connection while it waits (within about a
+    second) and stops generating."""
+    base = server[0]
+    body = {"model": MODEL_ID, "prompt": "ROMEO:", "max_tokens": CAP}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(base + "/v1/completions", json=body, timeout=httpx.Timeout(5, read=0.3))
+    wait_idle(base, timeout=5)
+
+
 def test_load_many_clients_some_cancelled_some_malformed(server):
     """A fixed mix of 48 requests at once; afterwards the server is idle, healthy, answers a
     normal request, and logged no error."""

@@ -44,6 +44,7 @@ from tinyllm.serve.scheduler import End, Failure, Piece, Scheduler
 log = logging.getLogger("tinyllm.serve")
 
 CHAT_STOP = "\n\n"  # a chat reply ends with its speech
+DISCONNECT_CHECK_S = 0.5  # how often a whole (not streamed) response looks for a gone client
 _PAGE = {  # the only files the server ever sends: name -> media type
     "index.html": "text/html; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
@@ -332,13 +333,16 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         """Texts and ends of every choice; None if the client disconnected first."""
         texts = {job.index: [] for job in jobs}
         ends: dict[int, End] = {}
+        checked = time.monotonic()
         try:
             while len(ends) < len(jobs):
-                try:
-                    event = await asyncio.wait_for(events.get(), timeout=1.0)
-                except asyncio.TimeoutError:
+                if time.monotonic() - checked > DISCONNECT_CHECK_S:
                     if await request.is_disconnected():
                         return None
+                    checked = time.monotonic()
+                try:
+                    event = await asyncio.wait_for(events.get(), timeout=DISCONNECT_CHECK_S)
+                except asyncio.TimeoutError:
                     continue
                 if isinstance(event, Failure):
                     raise APIError(500, event.message)
