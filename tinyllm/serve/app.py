@@ -453,10 +453,10 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         if not prompts:
             raise APIError(400, "prompt must be text or a non-empty list of texts", "prompt")
         settings = settings_of(body, body.max_tokens, body.stop)
-        encoded = [encode(p, "prompt") for p in prompts]
         if len(prompts) * body.n > config.max_n:
             raise APIError(400, f"prompts x n must be at most {config.max_n}, got "
                            f"{len(prompts)} x {body.n}", "n")  # fmt: skip
+        encoded = [encode(p, "prompt") for p in prompts]
         dropped = sorted({c for _, d, _ in encoded for c in d})
         prompt_chars = sum(chars for _, _, chars in encoded)
         return await run(request, body, [ids for ids, _, _ in encoded], settings, prompt_chars,
