@@ -79,3 +79,14 @@ def test_bad_model_and_busy_port_get_one_line_and_exit_2(tmp_path):
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 2 and "Traceback" not in stderr
     assert "cannot listen on" in stderr and "--port" in stderr
+
+
+def test_the_model_id_is_the_run_folder_name():
+    from pathlib import Path
+
+    from tinyllm.serve.server import model_id_of
+
+    assert model_id_of(Path("outputs/runs/2026-01-02_10-00-00/best")) == "2026-01-02_10-00-00"
+    assert model_id_of(Path("outputs/multiruns/x/3/best")) == "3"
+    assert model_id_of(Path("runs/a/checkpoints/last.ckpt")) == "last"
+    assert model_id_of(None) == "tinyllm"
