@@ -87,6 +87,6 @@ def test_the_model_id_is_the_run_folder_name():
     from tinyllm.serve.server import model_id_of
 
     assert model_id_of(Path("outputs/runs/2026-01-02_10-00-00/best")) == "2026-01-02_10-00-00"
-    assert model_id_of(Path("outputs/multiruns/x/3/best")) == "3"
+    assert model_id_of(Path("outputs/multiruns/2026-01-02/3/best")) == "2026-01-02-3"
     assert model_id_of(Path("runs/a/checkpoints/last.ckpt")) == "last"
     assert model_id_of(None) == "tinyllm"

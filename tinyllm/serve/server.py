@@ -69,12 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def model_id_of(path: Path | None) -> str:
-    """A readable id: the run folder's name for .../<run>/best, else the file or folder name."""
+    """A readable id: the run folder's name for .../<run>/best (<time>-<job> in a multirun),
+    else the file or folder name."""
     if path is None:
         return "tinyllm"
     path = Path(path)
-    name = path.parent.name if path.name == "best" else path.stem
-    return name or "tinyllm"
+    if path.name != "best":
+        return path.stem or "tinyllm"
+    run = path.parent
+    if run.parent.parent.name == "multiruns":  # multiruns/<time>/<job>/best
+        return f"{run.parent.name}-{run.name}"
+    return run.name or "tinyllm"
 
 
 def main(argv: list[str] | None = None) -> int:
