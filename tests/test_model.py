@@ -252,3 +252,20 @@ def test_sample_next_token_temperature():
     assert _draws(logits, n=50, temperature=1e-4) == {1}  # nearly greedy
     with pytest.raises(ValueError, match="temperature must be >= 0"):
         sample_next_token(logits, temperature=-1.0)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 5e-324])
+def test_a_tiny_positive_temperature_is_greedy_not_nan(temperature):
+    """logits / 1e-40 overflows float32 to inf, and softmax of inf is NaN: multinomial failed."""
+    logits = torch.tensor([0.5, 3.0, 1.0, -2.0])
+    assert _draws(logits, n=20, temperature=temperature) == {1}
+    masked = torch.tensor([float("-inf"), 3.0, 1.0, float("-inf")])
+    assert _draws(masked, n=20, temperature=temperature) == {1}
+
+
+def test_top_k_keeps_exactly_k_candidates_when_logits_tie():
+    """A `logits < kth` mask kept every token tied with the k-th: all 6 here, not 2."""
+    assert len(_draws(torch.zeros(6), n=400, top_k=2)) == 2
+    tied = torch.tensor([5.0, 1.0, 1.0, 1.0, 0.0])
+    support = _draws(tied, n=2000, top_k=2, temperature=5.0)
+    assert len(support) == 2 and 0 in support

@@ -13,10 +13,10 @@ import zipfile
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
 
-from tinyllm.cli import chat_main, eval_main, export_main, train_main
+from tinyllm.cli import chat_main, eval_main, export_main, serve_main, train_main
 
 SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main,
-           "tinyllm-export": export_main}  # fmt: skip
+           "tinyllm-export": export_main, "tinyllm-serve": serve_main}  # fmt: skip
 
 
 def command(name: str, *args: str, cwd, stdin: str | None = None, timeout: float = 120):
@@ -45,6 +45,8 @@ def test_pyproject_declares_scripts_and_extras():
     for package in ("transformers", "tokenizers"):  # the export check runs in CI
         assert any(r.startswith(package) for r in extras["export"])
         assert any(r.startswith(package) for r in extras["dev"])
+    assert {"fastapi", "uvicorn"} <= {r.split(">")[0] for r in extras["serve"]}
+    assert {"openai", "selenium"} <= {r.split(">")[0] for r in extras["dev"]}
 
 
 def test_configs_live_in_the_package_and_configs_links_there():
@@ -117,3 +119,5 @@ def test_wheel_ships_the_configs(tmp_path):
     for path in configs.rglob("*.yaml"):
         assert f"tinyllm/configs/{path.relative_to(configs)}" in names
     assert "tinyllm/cli.py" in names
+    for page in ("index.html", "style.css", "app.js"):  # the chat page of tinyllm-serve
+        assert f"tinyllm/serve/static/{page}" in names

@@ -4,7 +4,7 @@
     tinyllm-chat [model]           as `python chat.py`
     tinyllm-eval MODEL [...]       as `python eval.py`
     tinyllm-export MODEL OUT_DIR   as `python -m tinyllm.export` (a transformers folder)
-    tinyllm-export MODEL OUT_DIR   as `python -m tinyllm.export` (a transformers folder)
+    tinyllm-serve [model] [...]    the HTTP API and chat page (tinyllm/serve; the serve extra)
 
 The configs ship inside the package (tinyllm/configs/, which the repository's top-level
 `configs/` links to). To use your own, point Hydra at a folder of your own YAML:
@@ -89,6 +89,13 @@ def chat_main() -> None:
 def eval_main() -> None:
     """`tinyllm-eval`: loss, bits per character and perplexity of a saved model."""
     from tinyllm.evaluation import main
+
+    sys.exit(main())
+
+
+def serve_main() -> None:
+    """`tinyllm-serve`: the OpenAI-compatible API and chat page (= `python -m tinyllm.serve`)."""
+    from tinyllm.serve.server import main
 
     sys.exit(main())
 

@@ -4,7 +4,9 @@
     Block: x + attn(ln1(x)), then x + mlp(ln2(x))                                       (pre-norm)
 
 `forward` takes an optional `KVCache` so that generation pays for one new position per token
-instead of re-running the whole context; `stream` is the one sampling loop every caller uses.
+instead of re-running the whole context; `stream` is the one sampling loop of a single sequence.
+`decode` advances many sequences at once, each at its own position of a `SlotKVCache` (the
+batched decoding of tinyllm.generation.BatchDecoder); both sample with `sample_next_token`.
 """
 
 from __future__ import annotations
@@ -102,6 +104,55 @@ class KVCache:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
 
+class SlotKVCache:
+    """Keys and values of many sequences decoded together, each at its own position.
+
+    The first slots hold the live sequences; a sequence fills its slot by a prefill through
+    `slot(i)` (a plain `KVCache` viewing that slot) and then advances one position per
+    `Transformer.decode` call. Freeing a slot moves the last live one into it, so the live
+    slots stay a prefix and a decode step attends a view, not a gathered copy.
+    """
+
+    def __init__(self, config: ModelConfig, slots: int, device, dtype):
+        shape = (config.n_layer, slots, config.n_head, config.context_length, config.head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.capacity = config.context_length
+        self.slots = slots
+        # set by Transformer.decode for the step in progress
+        self.positions: torch.Tensor | None = None  # (B,) the position each row writes
+        self.rows: torch.Tensor | None = None  # (B,) the slot of each row; None: slots 0..B-1
+        self.mask: torch.Tensor | None = None  # (B, 1, 1, L) keys each row may attend
+
+    def slot(self, index: int) -> KVCache:
+        """An empty single-sequence cache writing into slot `index` (for its prefill)."""
+        if not 0 <= index < self.slots:
+            raise IndexError(f"slot {index} outside [0, {self.slots})")
+        view = KVCache.__new__(KVCache)
+        view.keys = self.keys[:, index : index + 1]
+        view.values = self.values[:, index : index + 1]
+        view.length = 0
+        view.capacity = self.capacity
+        return view
+
+    def move(self, source: int, target: int) -> None:
+        """Copy slot `source` over slot `target` (to close the hole a finished sequence left)."""
+        if source != target:
+            self.keys[:, target] = self.keys[:, source]
+            self.values[:, target] = self.values[:, source]
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Store each row's new k, v (B, H, 1, D) at its own position; return the rows' k, v up
+        to the furthest position of the step (rows shorter than that are masked)."""
+        B, end = k.size(0), self.mask.size(-1)
+        rows = torch.arange(B, device=k.device) if self.rows is None else self.rows
+        self.keys[layer][rows, :, self.positions] = k[:, :, 0]
+        self.values[layer][rows, :, self.positions] = v[:, :, 0]
+        if self.rows is None:  # the live prefix: views, no copy
+            return self.keys[layer, :B, :, :end], self.values[layer, :B, :, :end]
+        return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -114,7 +165,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         layer: int = 0,
         rope: Rope | None = None,
     ):
@@ -125,7 +176,10 @@ class CausalSelfAttention(nn.Module):
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         dropout = self.dropout if self.training else 0.0
-        if cache is None or cache.length == 0:
+        if isinstance(cache, SlotKVCache):  # one new position per row, rows at their own
+            k, v = cache.update(layer, k, v)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=cache.mask, dropout_p=dropout)
+        elif cache is None or cache.length == 0:
             if cache is not None:
                 cache.update(layer, k, v)
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
@@ -163,7 +217,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache | None = None,
+        cache: KVCache | SlotKVCache | None = None,
         layer: int = 0,
         rope: Rope | None = None,
     ):
@@ -263,6 +317,45 @@ class Transformer(nn.Module):
             cache.length += T
         return self.lm_head(self.ln_f(x))
 
+    def new_slot_cache(self, slots: int) -> SlotKVCache:
+        weight = self.token_embedding.weight
+        return SlotKVCache(self.config, slots, weight.device, weight.dtype)
+
+    def decode(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache: SlotKVCache,
+        slots: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits (B, vocab) of one new token per row: row i of `tokens` (B,) sits at
+        `positions[i]` of slot i (or of `slots[i]`), whose earlier positions the cache holds."""
+        B = tokens.size(0)
+        cache.rows = slots
+        if cache.slots < B or int(positions.max()) >= self.config.context_length:
+            raise ValueError(
+                f"decode of {B} rows up to position {int(positions.max())} exceeds the cache "
+                f"({cache.slots} slots of {self.config.context_length} positions)"
+            )
+        end = int(positions.max()) + 1
+        keys = torch.arange(end, device=tokens.device)
+        cache.positions = positions
+        cache.mask = (keys[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, L)
+        x, rope = self.token_embedding(tokens[:, None]), None  # (B, 1, C)
+        if self.config.positional == "learned":
+            x = x + self.position_embedding(positions)[:, None]
+        elif self.config.positional == "sinusoidal":
+            x = x + self.position_table[positions][:, None].to(x.dtype)
+        else:  # (B, 1, 1, D/2): broadcast over heads
+            rope = (
+                self.rotary_cos[positions][:, None, None],
+                self.rotary_sin[positions][:, None, None],
+            )
+        x = self.dropout(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, cache, layer, rope)
+        return self.lm_head(self.ln_f(x))[:, 0]
+
     @torch.inference_mode()
     def stream(
         self,
@@ -334,16 +427,22 @@ def sample_next_token(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> int:
-    """Draw one id from a 1-D logits vector; temperature 0 means greedy."""
+    """Draw one id from a 1-D logits vector; temperature 0 (or one too small for float32)
+    means greedy. Top-k keeps exactly k candidates, also when logits tie at the k-th."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     logits = logits.float()
-    if temperature == 0:
+    # below float32's smallest normal number the temperature itself rounds to 0 (and 0 / 0 is
+    # NaN): sample as greedy, which such a temperature amounts to anyway
+    if temperature < torch.finfo(logits.dtype).tiny:
         return int(torch.argmax(logits))
-    logits = logits / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+    # shifted so the largest is 0: a tiny temperature then sends the others to -inf instead of
+    # overflowing to inf (inf - inf is NaN in softmax); the top token keeps probability 1
+    logits = (logits - logits.max()) / temperature
+    if top_k and top_k < logits.size(-1):
+        # exactly k candidates, also when logits tie at the k-th (a `< kth` mask keeps every tie)
+        top = torch.topk(logits, top_k)
+        logits = torch.full_like(logits, float("-inf")).scatter(0, top.indices, top.values)
     probs = F.softmax(logits, dim=-1)
     if top_p is not None and 0.0 < top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)

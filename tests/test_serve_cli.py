@@ -1,0 +1,92 @@
+"""`python -m tinyllm.serve` (= `tinyllm-serve`) as a user runs it: it prints where it serves,
+asks for the API key when given one, and refuses bad input with one line and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+pytest.importorskip("fastapi", reason='the server needs the serve extra: pip install -e ".[serve]"')
+
+from test_serve import MODEL_ID, save_tiny_model  # noqa: E402
+
+
+def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tinyllm.serve", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=os.environ | (env or {}),
+    )  # fmt: skip
+
+
+def test_the_command_prints_its_url_and_requires_the_api_key(tmp_path):
+    save_tiny_model(tmp_path / "run")
+    process = serve(str(tmp_path / "run"), "--port", "0", "--model-name", MODEL_ID,
+                    env={"TINYLLM_API_KEY": "s3cret"})  # fmt: skip
+    try:
+        lines = [process.stdout.readline() for _ in range(3)]
+        assert "val loss 4.1234" in lines[0] and "API key required" in lines[1]
+        url = lines[2].split()[2]
+        assert url.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+            time.sleep(0.1)
+        assert httpx.get(url).status_code == 200  # the page itself is public
+        for key in (None, "wrong"):
+            client = openai.OpenAI(base_url=url + "v1", api_key=key or "-", max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as error:
+                client.completions.create(model=MODEL_ID, prompt="ROMEO:", max_tokens=3)
+            assert error.value.status_code == 401
+            assert error.value.body["code"] == "invalid_api_key"
+        client = openai.OpenAI(base_url=url + "v1", api_key="s3cret", max_retries=0)
+        reply = client.completions.create(model=MODEL_ID, prompt="ROMEO:", max_tokens=3)
+        assert len(reply.choices[0].text) == 3
+        assert [m.id for m in client.models.list().data] == [MODEL_ID]
+    finally:
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+
+
+def test_bad_model_and_busy_port_get_one_line_and_exit_2(tmp_path):
+    process = serve(str(tmp_path / "missing"))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert stderr.strip().splitlines() == [
+        f"tinyllm-serve: error: model path {tmp_path / 'missing'} does not exist"
+    ]
+    save_tiny_model(tmp_path / "run")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = serve(str(tmp_path / "run"), "--port", str(port))
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 2 and "Traceback" not in stderr
+    assert "cannot listen on" in stderr and "--port" in stderr
+
+
+def test_the_model_id_is_the_run_folder_name():
+    from pathlib import Path
+
+    from tinyllm.serve.server import model_id_of
+
+    assert model_id_of(Path("outputs/runs/2026-01-02_10-00-00/best")) == "2026-01-02_10-00-00"
+    assert model_id_of(Path("outputs/multiruns/2026-01-02/3/best")) == "2026-01-02-3"
+    assert model_id_of(Path("runs/a/checkpoints/last.ckpt")) == "last"
+    assert model_id_of(None) == "tinyllm"

@@ -1,0 +1,148 @@
+"""The command line of `tinyllm-serve`: load the model as `chat.py` does, bind, run uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+API_KEY_ENV = "TINYLLM_API_KEY"  # the key from the environment keeps it out of `ps`
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535; 0: any free one)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tinyllm.serve.app import ServeConfig
+
+    d = ServeConfig()
+    parser = argparse.ArgumentParser(
+        prog="tinyllm-serve",
+        description="Serve a trained model: an OpenAI-compatible API (/v1/completions, "
+        "/v1/chat/completions) and a chat page at /.",
+    )
+    add = parser.add_argument
+    add("model", nargs="?", help="a run folder, its best/ folder or a .ckpt "
+        "(default: the best model of the latest run under outputs/)")  # fmt: skip
+    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+        "machine only)")  # fmt: skip
+    add("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
+    add("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+        help=f"require `Authorization: Bearer KEY` on /v1 (or set {API_KEY_ENV})")  # fmt: skip
+    add("--model-name", help="the model id clients send (default: the run folder's name)")
+    add("--max-batch", type=_positive, default=d.max_batch,
+        help=f"requests decoded together; more wait (default {d.max_batch})")  # fmt: skip
+    add("--max-tokens-cap", type=_positive, default=d.max_tokens_cap,
+        help=f"largest max_tokens a request may ask (default {d.max_tokens_cap})")  # fmt: skip
+    add("--max-prompt-chars", type=_positive, default=d.max_prompt_chars,
+        help=f"longest prompt in characters (default {d.max_prompt_chars})")  # fmt: skip
+    add("--max-body-bytes", type=_positive, default=d.max_body_bytes,
+        help=f"largest request body (default {d.max_body_bytes})")  # fmt: skip
+    add("--max-n", type=_positive, default=d.max_n,
+        help=f"most choices per request (default {d.max_n})")  # fmt: skip
+    add("--threads", type=_positive, default=None,
+        help="CPU threads for the model (default 1, or OMP_NUM_THREADS)")  # fmt: skip
+    add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def model_id_of(path: Path | None) -> str:
+    """A readable id: the run folder's name for .../<run>/best (<time>-<job> in a multirun),
+    else the file or folder name."""
+    if path is None:
+        return "tinyllm"
+    path = Path(path)
+    if path.name != "best":
+        return path.stem or "tinyllm"
+    run = path.parent
+    if run.parent.parent.name == "multiruns":  # multiruns/<time>/<job>/best
+        return f"{run.parent.name}-{run.name}"
+    return run.name or "tinyllm"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from tinyllm.serve.app import ServeConfig, create_app
+    except ImportError as e:
+        print(f"tinyllm-serve: error: {e.name} is missing: pip install -e \".[serve]\"",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    import torch
+
+    from tinyllm.artifacts import ArtifactError, load_model
+    from tinyllm.console import model_summary
+
+    torch.set_num_threads(args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1)
+    try:
+        loaded = load_model(args.model)
+    except (ArtifactError, OSError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"tinyllm-serve: error: {text}", file=sys.stderr)
+        return 2
+    config = ServeConfig(
+        model_id=args.model_name or model_id_of(loaded.path),
+        api_key=args.api_key,
+        max_batch=args.max_batch,
+        max_tokens_cap=args.max_tokens_cap,
+        max_prompt_chars=args.max_prompt_chars,
+        max_body_bytes=args.max_body_bytes,
+        max_n=args.max_n,
+    )
+    try:
+        family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, args.port))
+    except OSError as e:
+        print(f"tinyllm-serve: error: cannot listen on {args.host}:{args.port} ({e.strerror}): "
+              "choose another --port or --host", file=sys.stderr)  # fmt: skip
+        return 2
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"model: {model_summary(loaded)}", flush=True)
+    print(f"model id: {config.model_id}" + ("; API key required" if config.api_key else ""))
+    print(f"serving at http://{shown}:{port}/  (API: http://{shown}:{port}/v1)", flush=True)
+    if not _is_loopback(host) and not config.api_key:
+        print("warning: listening beyond this machine without --api-key: anyone who can reach "
+              "it can use it", file=sys.stderr)  # fmt: skip
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
+    app = create_app(loaded, config)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3)
+    )
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down, then re-raises Ctrl-C
+        server.run(sockets=[sock])
+    print("tinyllm-serve: stopped", file=sys.stderr)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
