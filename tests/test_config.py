@@ -13,7 +13,6 @@ from conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, run_train
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import (
     EarlyStopping,
-    LearningRateMonitor,
     ModelCheckpoint,
     RichProgressBar,
 )
@@ -112,8 +111,8 @@ def test_every_option_composes_resolves_validates_and_instantiates(option, tmp_p
 def test_default_callbacks_and_logger(tmp_path):
     cfg = compose_config([], output_dir=tmp_path)
     callbacks = {type(c) for c in instantiate_group(cfg.callbacks)}
-    assert callbacks == {ModelCheckpoint, EarlyStopping, LearningRateMonitor, ProgressBar,
-                         SampleTextCallback, BestArtifactsCallback, TensorBoardExtras}  # fmt: skip
+    assert callbacks == {ModelCheckpoint, EarlyStopping, ProgressBar, SampleTextCallback,
+                         BestArtifactsCallback, TensorBoardExtras}  # fmt: skip
     assert issubclass(ProgressBar, RichProgressBar)
     checkpoint = next(c for c in instantiate_group(cfg.callbacks) if type(c) is ModelCheckpoint)
     assert checkpoint.monitor == "val/loss" and checkpoint.save_last

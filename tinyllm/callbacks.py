@@ -159,6 +159,17 @@ class BestArtifactsCallback(L.Callback):
         self.best_score = state_dict.get("best_score")
 
 
+def best_score(trainer: L.Trainer, monitor: str = "val/loss") -> float | None:
+    """The run's best `monitor`, as Lightning's ModelCheckpoint keeps it (restored on resume);
+    without one, as the best-artifacts callback saw it."""
+    for callback in trainer.checkpoint_callbacks:
+        score = getattr(callback, "best_model_score", None)
+        if getattr(callback, "monitor", None) == monitor and score is not None:
+            return float(score)
+    best = next((c for c in trainer.callbacks if isinstance(c, BestArtifactsCallback)), None)
+    return best.best_score if best is not None else None
+
+
 class ValidateAtEnd(L.Callback):
     """Every run ends with a validation, so `best/` is chosen by a measured loss.
 

@@ -9,15 +9,15 @@
   A second Ctrl-C stops at once (Lightning's own KeyboardInterrupt handling), keeping the last
   checkpoint already on disk.
 * A NaN or infinite training loss (checked before it is back-propagated, so the weights never
-  take the bad step) or validation loss raises `NonFiniteLossError`: nothing more is saved, so
-  the best artifacts and checkpoints from before stay as they were.
+  take the bad step) raises `NonFiniteLossError`: nothing more is saved, so the best artifacts
+  and checkpoints from before stay as they were. (A non-finite validation loss stops the run
+  through EarlyStopping's `check_finite`.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import signal
 from pathlib import Path
 
@@ -71,9 +71,10 @@ class FaultGuard(L.Callback):
         )
 
     def on_train_start(self, trainer, pl_module) -> None:
-        # after Lightning registered its own SIGTERM handler in Trainer._run: ours replaces it
-        # (Lightning's would stop only at the end of an epoch), and Lightning restores the
-        # original handlers when it tears down
+        # after Lightning registered its own SIGTERM handler in Trainer._run: ours replaces it.
+        # Lightning's (2.6) stops after the current batch by raising SIGTERMException, without
+        # validating or saving; ours also ends the run with a validation, a checkpoint and the
+        # command that resumes. Lightning restores the original handlers when it tears down.
         self.requested = self.stopped_by = None
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -150,14 +151,6 @@ class FaultGuard(L.Callback):
         if not torch.isfinite(loss.detach()).all():
             value = float(loss.detach().float().mean())
             self._stop(trainer, pl_module, f"training loss became {value} at step "
-                       f"{trainer.global_step}")  # fmt: skip
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get("val/loss")
-        if value is not None and not math.isfinite(float(value)):
-            self._stop(trainer, pl_module, f"validation loss became {float(value)} at step "
                        f"{trainer.global_step}")  # fmt: skip
 
     def _stop(self, trainer, pl_module, what: str) -> None:

@@ -156,7 +156,7 @@ class LanguageModel(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)  # every step: callbacks may monitor it
         if self._writes_logs():
             self.log("train/bpc", loss.detach() / math.log(2))
-            # the rate this step uses, as plain `lr` (LearningRateMonitor names it lr/pg1, ...)
+            # the rate this step uses, logged once (both parameter groups share it)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 

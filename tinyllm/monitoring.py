@@ -18,6 +18,8 @@ import lightning as L
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from tinyllm.callbacks import best_score
+
 LN2 = math.log(2)
 
 # Custom Scalars: one chart per metric, with the train and val curves on the same axes
@@ -66,36 +68,21 @@ class TensorBoardExtras(L.Callback):
 
     def __init__(self, monitor: str = "val/loss"):
         self.monitor = monitor
-        self.best: float | None = None
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
             for logger in _tensorboard(trainer):
                 logger.experiment.add_custom_scalars(custom_scalars_layout())
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        score = trainer.callback_metrics.get(self.monitor)
-        if score is None or not math.isfinite(float(score)):
-            return
-        if self.best is None or float(score) < self.best:
-            self.best = float(score)
-
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.best is None or not trainer.is_global_zero:
+        best = best_score(trainer, self.monitor)
+        if best is None or not trainer.is_global_zero:
             return
-        metrics = {HP_METRICS[0]: self.best, HP_METRICS[1]: self.best / LN2}
+        metrics = {HP_METRICS[0]: best, HP_METRICS[1]: best / LN2}
         params = run_hyperparameters(trainer, pl_module)
         for logger in _tensorboard(trainer):
             logger.log_hyperparams(params, metrics, step=trainer.global_step)
             logger.experiment.flush()
-
-    def state_dict(self) -> dict:
-        return {"best": self.best}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.best = state_dict.get("best")
 
 
 class ProgressBar(RichProgressBar):

@@ -13,10 +13,9 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.callbacks import LearningRateMonitor
 from omegaconf import DictConfig, OmegaConf
 
-from tinyllm.callbacks import BestArtifactsCallback, TimeBudget, ValidateAtEnd
+from tinyllm.callbacks import BestArtifactsCallback, TimeBudget, ValidateAtEnd, best_score
 from tinyllm.checkpointing import AtomicCheckpointIO, TrainingStateCallback, verify_checkpoint
 from tinyllm.config import ConfigError, parse_duration, print_config_tree, validate
 from tinyllm.data import CharDataModule
@@ -124,9 +123,6 @@ def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | Non
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    if not loggers:
-        # Lightning refuses a LearningRateMonitor without a logger (`logger=none`)
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     # promises every run keeps, whatever the callbacks config: the time budget, a validation at
     # the end, resuming, interrupts, non-finite loss (tinyllm/callbacks.py, tinyllm/faults.py,
     # tinyllm/checkpointing.py)
@@ -143,11 +139,10 @@ def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | Non
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
     best = next((c for c in callbacks if isinstance(c, BestArtifactsCallback)), None)
-    best_score = best.best_score if best else None
     if trainer.is_global_zero:
         report(output_dir, best)
     guard.raise_if_interrupted(trainer)
-    return best_score
+    return best_score(trainer)  # the value Hydra sweepers minimise
 
 
 def _shown(path: Path) -> str:
