@@ -75,7 +75,7 @@ TRAIN_CASES = [
     ("resume without a run", ["resume=true"], 2, "error: no run to resume under outputs/ "),
     ("unwritable run folder", ["hydra.run.dir={tmp}/a-file/run"], 2,
      "is not writable (Not a directory): set hydra.run.dir to a writable folder"),
-    # a loss that stops being a number (tinyllm/faults.py)
+    # a loss that stops being a number (tinyllm/callbacks/fault_guard.py)
     ("absurd learning rate", ["training.learning_rate=1e6"], 1,
      "lower training.learning_rate (now 1000000.0)"),
 ]  # fmt: skip

@@ -19,12 +19,16 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import OmegaConf
 
-from tinyllm.callbacks import BestArtifactsCallback, SampleTextCallback
+from tinyllm.callbacks import (
+    BestArtifactsCallback,
+    ProgressBar,
+    SampleTextCallback,
+    TensorBoardExtras,
+)
 from tinyllm.config import ConfigError, TrainingConfig, print_config_tree, validate
 from tinyllm.data import CharDataModule
 from tinyllm.model import ModelConfig
 from tinyllm.module import LanguageModel
-from tinyllm.monitoring import ProgressBar, TensorBoardExtras
 from tinyllm.training import build_model_config, instantiate_group
 
 GROUPS = ("model", "data", "training", "trainer", "callbacks", "logger", "paths", "module")

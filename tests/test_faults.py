@@ -18,9 +18,9 @@ from conftest import ROOT, TINY_OVERRIDES, compose_config
 
 from tinyllm import training
 from tinyllm.artifacts import load_model, save_artifacts
+from tinyllm.callbacks import NonFiniteLossError
 from tinyllm.checkpointing import AtomicCheckpointIO
 from tinyllm.config import ConfigError
-from tinyllm.faults import NonFiniteLossError
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.module import LanguageModel
 from tinyllm.tokenizer import CharacterTokenizer

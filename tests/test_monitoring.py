@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tinyllm.monitoring import CHARTS, HP_METRICS, ProgressBar
+from tinyllm.callbacks import ProgressBar
+from tinyllm.callbacks.tensorboard_extras import CHARTS, HP_METRICS
 
 
 def test_every_curve_is_logged(trained_run):

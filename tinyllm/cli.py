@@ -31,10 +31,10 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
+from tinyllm.callbacks import NonFiniteLossError, TrainingInterrupted
 from tinyllm.checkpointing import CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
-from tinyllm.faults import NonFiniteLossError, TrainingInterrupted
 from tinyllm.runs import RunFolderError, default_log_dir, newest_with
 from tinyllm.sweep import exit_job
 from tinyllm.training import train
@@ -58,7 +58,9 @@ def _train_app(cfg: DictConfig) -> float | None:
     except InstantiationException as e:
         log.error("%s", str(e.__cause__ or e).strip().splitlines()[0])
         exit_job(2, str(e.__cause__ or e))
-    except TrainingInterrupted as e:  # Ctrl-C or SIGTERM: saved, then stopped (tinyllm/faults.py)
+    except (
+        TrainingInterrupted
+    ) as e:  # Ctrl-C or SIGTERM: saved, then stopped (tinyllm/callbacks/fault_guard.py)
         log.warning("%s", e)
         log.warning("resume with:   %s", e.command)
         sys.exit(e.exit_code)

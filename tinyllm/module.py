@@ -26,7 +26,7 @@ class LRPlan:
     restarts the decay from the rate in force at that step, so the curve never jumps.
     `clock_step` is the step that the elapsed share of a time budget stands for: the decay
     follows whichever of it and the real step is further on, so the floor is reached when the
-    budget runs out even if the machine slows down (tinyllm/callbacks.py: TimeBudget).
+    budget runs out even if the machine slows down (tinyllm/callbacks/time_budget.py).
     """
 
     warmup_steps: int

@@ -15,11 +15,17 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from tinyllm.callbacks import BestArtifactsCallback, TimeBudget, ValidateAtEnd, best_score
-from tinyllm.checkpointing import AtomicCheckpointIO, TrainingStateCallback, verify_checkpoint
+from tinyllm.callbacks import (
+    BestArtifactsCallback,
+    FaultGuard,
+    TimeBudget,
+    TrainingStateCallback,
+    ValidateAtEnd,
+    best_score,
+)
+from tinyllm.checkpointing import AtomicCheckpointIO, verify_checkpoint
 from tinyllm.config import ConfigError, parse_duration, print_config_tree, validate
 from tinyllm.data import CharDataModule
-from tinyllm.faults import FaultGuard
 from tinyllm.io import write_atomic
 from tinyllm.model import ModelConfig
 from tinyllm.runs import RunLock
@@ -124,8 +130,7 @@ def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | Non
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     # promises every run keeps, whatever the callbacks config: the time budget, a validation at
-    # the end, resuming, interrupts, non-finite loss (tinyllm/callbacks.py, tinyllm/faults.py,
-    # tinyllm/checkpointing.py)
+    # the end, resuming, interrupts, non-finite loss (tinyllm/callbacks/)
     guard = FaultGuard(output_dir)
     callbacks += [
         TimeBudget(parse_duration(cfg.training.get("time_budget"))),

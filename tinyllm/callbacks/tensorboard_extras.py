@@ -1,24 +1,17 @@
-"""What a run shows while it trains: TensorBoard charts, the HPARAMS tab, the progress bar.
-
-- `TensorBoardExtras` lays out TensorBoard's Custom Scalars tab so train and val share one chart per
-  metric (loss, bpc) next to the learning rate, tokens/second and gradient norm, and at the end
-  of training writes the run's hyper-parameters with its best `val/loss` to the HPARAMS tab
-  (`hp/best_val_loss`, `hp/best_val_bpc`), so the runs of a sweep can be compared there.
-- `ProgressBar` is Lightning's Rich bar with short metric names (loss, val_loss, tok/s), so they
-  fit in a terminal.
-"""
+"""TensorBoard beyond scalars: a Custom Scalars layout (train and val on one chart per metric,
+next to the learning rate, tokens/second and gradient norm) and the HPARAMS tab with the run's
+settings and its best val/loss (hp/best_val_loss, hp/best_val_bpc), so the runs of a sweep can be
+compared there."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from tinyllm.callbacks import best_score
+from tinyllm.callbacks.best_artifacts import best_score
 
 LN2 = math.log(2)
 
@@ -83,21 +76,3 @@ class TensorBoardExtras(L.Callback):
         for logger in _tensorboard(trainer):
             logger.log_hyperparams(params, metrics, step=trainer.global_step)
             logger.experiment.flush()
-
-
-class ProgressBar(RichProgressBar):
-    """Rich progress bar showing `loss`, `val_loss` and `tok/s` (short enough not to wrap)."""
-
-    SHORT_NAMES = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_sec": "tok/s"}
-
-    def get_metrics(self, trainer, pl_module) -> dict:
-        metrics = super().get_metrics(trainer, pl_module)
-        metrics.pop("v_num", None)
-        shown = {}
-        for name, value in metrics.items():
-            short = self.SHORT_NAMES.get(name, name)
-            if short == "tok/s":
-                with contextlib.suppress(TypeError, ValueError):
-                    value = f"{float(value):,.0f}"
-            shown[short] = value
-        return shown

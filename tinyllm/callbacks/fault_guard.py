@@ -25,7 +25,7 @@ import lightning as L
 import torch
 
 from tinyllm.artifacts import WEIGHTS_FILE
-from tinyllm.callbacks import BestArtifactsCallback
+from tinyllm.callbacks.best_artifacts import BestArtifactsCallback
 from tinyllm.checkpointing import LAST_CHECKPOINT, resume_command
 
 log = logging.getLogger(__name__)
