@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import tempfile
 import time
 import warnings
@@ -19,11 +20,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from tinyllm.module import LanguageModel, build_optimizer, warmup_cosine
-from tinyllm.training import build_model_config, instantiate_group, route_lightning_logs_to_root
+from tinyllm.module import build_optimizer
+from tinyllm.sweep import markdown_table  # noqa: F401  (the benchmarks' table writer)
+from tinyllm.training import build_data_and_module, build_trainer, route_lightning_logs_to_root
 
 ROOT = Path(__file__).resolve().parent.parent
 # the configs ship inside the package (the repository's configs/ links there)
@@ -89,18 +90,10 @@ class Pipeline:
         quiet_lightning()
         self.workdir = workdir or tempfile.mkdtemp(prefix="tinyllm-bench-")
         self.cfg = cfg = compose_config(corpus, overrides, self.workdir)
-        if cfg.training.get("num_threads"):
-            torch.set_num_threads(cfg.training.num_threads)
-        L.seed_everything(cfg.seed, verbose=False)
-        self.datamodule = instantiate(cfg.data)
-        self.datamodule.prepare_data()
-        self.datamodule.setup("fit")
+        # the same build as train.py's, so both sides of the overhead comparison are one model
+        self.datamodule, self.module = build_data_and_module(cfg)
         self.compile = bool(cfg.model.get("compile", False))
-        vocab_size = self.datamodule.tokenizer.vocab_size
-        self.model_config = build_model_config(cfg.model, vocab_size=vocab_size)
-        self.module: LanguageModel = instantiate(
-            cfg.module, model_config=self.model_config.to_dict()
-        )
+        self.model_config = self.module.config
         self.tokens_per_step = cfg.training.batch_size * cfg.training.max_context
         self._batches = None
         self.optimizer = None
@@ -117,12 +110,11 @@ class Pipeline:
         All configured callbacks and the logger are on; no validation falls inside a round.
         """
         timer = StepTimer(warm, steps)
-        extra = instantiate_group(self.cfg.get("callbacks")) if callbacks else []
-        loggers = instantiate_group(self.cfg.get("logger"))
-        trainer = instantiate(
-            self.cfg.trainer,
-            callbacks=[*extra, timer],
-            logger=loggers or False,
+        cfg = self.cfg if callbacks else OmegaConf.merge(self.cfg, {"callbacks": None})
+        trainer, _ = build_trainer(
+            cfg,
+            Path(self.workdir),
+            [timer],
             max_steps=warm + steps,
             max_time=None,
             val_check_interval=max(warm + steps + 1, int(self.cfg.training.val_interval)),
@@ -136,10 +128,9 @@ class Pipeline:
     def plain_setup(self) -> None:
         hp = self.module.hparams
         self.optimizer = build_optimizer(self.module.model, hp)
-        total = hp.lr_decay_steps or int(self.cfg.trainer.max_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine(s, hp.warmup_steps, total, hp.min_lr_ratio)
-        )
+        # the module's own plan for the configured steps (as configure_optimizers makes it)
+        plan = self.module.plan_learning_rate(int(self.cfg.trainer.max_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, plan.multiplier)
         self.forward = self.module._compiled_forward or self.module.model
         self.clip = float(self.cfg.training.gradient_clip)
         self._batches = None
@@ -198,18 +189,7 @@ class StepTimer(L.Callback):
             self.seconds = time.perf_counter() - self.start
 
 
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return 0.5 * (ordered[middle - 1] + ordered[middle])
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+median = statistics.median
 
 
 def bench_parser(doc: str, overrides: bool = True) -> argparse.ArgumentParser:

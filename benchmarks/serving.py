@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from tinyllm.sweep import markdown_table
+
 BEGIN, END = "<!-- serving: begin -->", "<!-- serving: end -->"
 PROMPT = "ROMEO:\n"
 # tiny-shakespeare's 65 characters: the vocabulary of a freshly initialised default model
@@ -161,11 +163,6 @@ def run(model_dir: str | None = None, quick: bool = False, levels=(1, 4, 16),
         "tokens_per_request": tokens,
         "levels": measured,
     }
-
-
-def markdown_table(header: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def render(results: dict, about: dict) -> str:

@@ -191,14 +191,8 @@ class LanguageModel(L.LightningModule):
         hp = self.hparams
         optimizer = build_optimizer(self.model, hp)
         if self.lr_plan is None:  # not restored from a checkpoint
-            decay_steps = hp.lr_decay_steps or self.trainer.estimated_stepping_batches
-            if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
-                decay_steps = hp.warmup_steps
-            # a run shorter than twice its warmup warms up in its first half, then decays
-            warmup = min(hp.warmup_steps, int(decay_steps) // 2)
-            self.lr_plan = LRPlan(
-                warmup, int(decay_steps), hp.min_lr_ratio, planned_for=self._max_steps()
-            )
+            self.lr_plan = self.plan_learning_rate(self.trainer.estimated_stepping_batches)
+            self.lr_plan.planned_for = self._max_steps()
         # a function, not the plan object: LambdaLR would pickle an object's attributes
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: self.lr_plan.multiplier(step)
@@ -207,6 +201,16 @@ class LanguageModel(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"},
         }
+
+    def plan_learning_rate(self, total_steps: float) -> LRPlan:
+        """Warmup, then cosine decay over `training.lr_decay_steps` or else `total_steps`."""
+        hp = self.hparams
+        decay_steps = hp.lr_decay_steps or total_steps
+        if not math.isfinite(decay_steps):  # max_steps=-1 with unbounded epochs
+            decay_steps = hp.warmup_steps
+        # a run shorter than twice its warmup warms up in its first half, then decays
+        warmup = min(hp.warmup_steps, int(decay_steps) // 2)
+        return LRPlan(warmup, int(decay_steps), hp.min_lr_ratio)
 
     def _max_steps(self) -> int | None:
         trainer = self._trainer

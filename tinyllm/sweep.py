@@ -111,13 +111,17 @@ def to_csv(results: list[dict]) -> str:
     return buffer.getvalue()
 
 
+def markdown_table(header: list, rows: list[list]) -> str:
+    """A Markdown table (cells as text, `|` escaped): the sweep summary's and the benchmarks'."""
+
+    def line(cells: list) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)])
+
+
 def to_markdown(results: list[dict]) -> str:
-    header, rows = summary_rows(results, varying_only=True)
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *map(line, rows)]) + "\n"
+    return markdown_table(*summary_rows(results, varying_only=True)) + "\n"
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:

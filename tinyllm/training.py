@@ -105,49 +105,67 @@ def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | Non
             print_config_tree(cfg)
         write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
 
-    if cfg.training.get("num_threads"):
-        torch.set_num_threads(cfg.training.num_threads)
-    L.seed_everything(cfg.seed, workers=True)
-
-    datamodule: CharDataModule = instantiate(cfg.data)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
+    datamodule, module = build_data_and_module(cfg)
     if writes_files:
         datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
         log.info("config and tokenizer saved in %s", _shown(output_dir))
-
-    model_config = build_model_config(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
-    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    config = module.config
     log.info(
         "model: %d layers, %d heads, %d wide, context %d, %s parameters",
-        model_config.n_layer,
-        model_config.n_head,
-        model_config.n_embd,
-        model_config.context_length,
+        config.n_layer,
+        config.n_head,
+        config.n_embd,
+        config.context_length,
         f"{module.model.num_parameters():,}",
     )
-
-    callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
-    # promises every run keeps, whatever the callbacks config: the time budget, a validation at
-    # the end, resuming, interrupts, non-finite loss (tinyllm/callbacks/)
-    guard = FaultGuard(output_dir)
-    callbacks += [
-        TimeBudget(parse_duration(cfg.training.get("time_budget"))),
-        ValidateAtEnd(),
-        guard,
-        TrainingStateCallback(),
-    ]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
-    )
+    trainer, guard = build_trainer(cfg, output_dir)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
 
-    best = next((c for c in callbacks if isinstance(c, BestArtifactsCallback)), None)
+    best = next((c for c in trainer.callbacks if isinstance(c, BestArtifactsCallback)), None)
     if trainer.is_global_zero:
         report(output_dir, best)
     guard.raise_if_interrupted(trainer)
     return best_score(trainer)  # the value Hydra sweepers minimise
+
+
+def build_data_and_module(cfg: DictConfig) -> tuple[CharDataModule, L.LightningModule]:
+    """Threads and seed set, the datamodule prepared and set up, the module built on its
+    vocabulary: what `train` fits (and the overhead benchmark's plain loop steps)."""
+    if cfg.training.get("num_threads"):
+        torch.set_num_threads(cfg.training.num_threads)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule: CharDataModule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    model_config = build_model_config(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
+    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    return datamodule, module
+
+
+def build_trainer(
+    cfg: DictConfig, output_dir: Path, extra_callbacks: list | None = None, **trainer_overrides
+) -> tuple[L.Trainer, FaultGuard]:
+    """The Trainer of a run: the configured callbacks and loggers, plus the promises every run
+    keeps whatever the callbacks config says: the time budget, a validation at the end,
+    interrupts and non-finite loss, the RNG state in checkpoints (tinyllm/callbacks/)."""
+    guard = FaultGuard(output_dir)
+    callbacks = [
+        *instantiate_group(cfg.get("callbacks")),
+        TimeBudget(parse_duration(cfg.training.get("time_budget"))),
+        ValidateAtEnd(),
+        guard,
+        TrainingStateCallback(),
+        *(extra_callbacks or []),
+    ]
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+        **trainer_overrides,
+    )
+    return trainer, guard
 
 
 def _shown(path: Path) -> str:
