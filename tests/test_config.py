@@ -138,7 +138,6 @@ def test_model_sizes(tmp_path):
 
     tiny, small, medium = size("model=tiny"), size("model=small"), size("model=medium")
     assert tiny[0] < small[0] < medium[0] and tiny[2] < small[2] < medium[2]
-    assert medium == (6, 6, 384)
 
 
 def test_gpu_experiment_is_nanogpt_shakespeare_char_scale(tmp_path):

@@ -149,8 +149,6 @@ def test_generate_text_goes_through_stream_text(monkeypatch, model, tokenizer):
     monkeypatch.setattr(generation, "stream_text", fake)
     assert generate_text(model, tokenizer, "x", SamplingSettings(max_tokens=2), seed=3) == "ab"
     assert calls == [("x", SamplingSettings(max_tokens=2, seed=3))]
-    assert tinyllm.generate_text is generation.generate_text
-    assert tinyllm.load_model is tinyllm.artifacts.load_model
     callback = SampleTextCallback(max_new_tokens=5, temperature=0.5, top_k=3, seed=2)
     assert callback.settings == SamplingSettings(max_tokens=5, temperature=0.5, top_k=3, seed=2)
 
