@@ -27,6 +27,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -123,6 +124,10 @@ def iter_text_file(
             f"cannot read corpus file {shown}: {err.strerror or err} (check data.path)"
         ) from None
     with file:
+        # read what the file held when opened: one still being written is reported changed by
+        # the preparation (which compares sizes) instead of being read forever
+        status = os.fstat(file.fileno())
+        left = status.st_size if stat.S_ISREG(status.st_mode) else None
         head = b""  # the first bytes, to tell a binary file from a badly encoded one
         consumed = 0  # bytes read before this chunk
         sniffed = 0  # characters checked for NUL so far
@@ -130,7 +135,7 @@ def iter_text_file(
         nonblank = False
         while True:
             try:
-                raw = file.read(chunk_bytes)
+                raw = file.read(chunk_bytes if left is None else min(chunk_bytes, left))
             except OSError as err:
                 raise CorpusError(
                     f"cannot read corpus file {shown}: {err.strerror or err} (check data.path)"
@@ -150,6 +155,8 @@ def iter_text_file(
                     f"to a {encoding} text file)"
                 ) from None
             consumed += len(raw)
+            if left is not None:
+                left -= len(raw)
             if on_read is not None:
                 on_read(len(raw))
             # Sniff after decoding: NUL bytes are normal in UTF-16 text, NUL characters never are.

@@ -103,15 +103,20 @@ def stream_text(
         generator=generator,
         use_cache=use_cache,
     )
+    # a byte tokenizer's character may span tokens: the decoder holds bytes until it is whole
+    decoder = tokenizer.incremental_decoder()
     with closing(tokens):
         if not settings.stop:
             for token in tokens:
-                yield tokenizer.decode([token])
+                if piece := decoder.decode([token]):
+                    yield piece
+            if tail := decoder.decode([], final=True):
+                yield tail
             return
         stop = settings.stop
         pending = ""  # text held back because it might be the start of the stop string
         for token in tokens:
-            pending += tokenizer.decode([token])
+            pending += decoder.decode([token])
             cut = pending.find(stop)
             if cut != -1:
                 if cut:
@@ -121,6 +126,10 @@ def stream_text(
             if len(pending) > held:
                 yield pending[: len(pending) - held]
                 pending = pending[len(pending) - held :]
+        pending += decoder.decode([], final=True)
+        cut = pending.find(stop)
+        if cut != -1:
+            pending = pending[:cut]
         if pending:
             yield pending
 
