@@ -10,12 +10,14 @@ import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import make_corpus
+from conftest import ROOT, TINY_OVERRIDES, make_corpus, run_train
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -433,3 +435,79 @@ def test_prepare_corpus_without_a_cache_folder_is_in_memory(tmp_path):
     prepared = prepare_corpus([source], PrepareSettings(), None, chunk_bytes=3)
     assert prepared.folder is None and not isinstance(prepared.ids, np.memmap)
     assert prepared.tokenizer.decode(prepared.ids.tolist()) == "abc\n" * 10
+
+
+# --- end to end: prepare -> train -> chat -> eval with the byte tokenizer ----------------------
+
+
+def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path):
+    books = tmp_path / "books"
+    write(books / "a.txt", make_corpus(120) + "Grüße, ☃ und 😀!\n" * 15)
+    write(books / "b.txt", make_corpus(120, seed=1))
+    data = [f"data.path={books}/*.txt", "data.tokenizer=bytes"]
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    prepare_command = "from tinyllm.cli import prepare_entry; prepare_entry()"
+    prepared = subprocess.run(
+        [sys.executable, "-c", prepare_command, *data], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+    assert "prepared" in prepared.stdout and "(bytes)" in prepared.stdout
+    assert "encoding" in prepared.stdout  # the progress bar's phase
+    (manifest,) = (tmp_path / "data" / "prepared").glob("*/manifest.json")
+    written = manifest.stat().st_mtime_ns
+
+    run_dir = tmp_path / "run"
+    trained = run_train(*TINY_OVERRIDES, *data, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout[-2000:] + trained.stderr[-2000:]
+    log_text = (run_dir / "train.log").read_text(encoding="utf-8")
+    mapped = [line for line in log_text.splitlines() if "memory-mapped from" in line]
+    assert mapped and manifest.parent.name in mapped[0]  # prepared once, not again
+    assert manifest.stat().st_mtime_ns == written
+    assert isinstance(load_tokenizer(run_dir / "best" / "tokenizer.json"), ByteTokenizer)
+
+    chat = subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), str(run_dir), "--prompt", "Grüße ☃ 𝄞",
+         "--max-tokens", "80", "--seed", "1", "--temperature", "1.5"],
+        capture_output=True, text=True, timeout=120, env=env | {"NO_COLOR": "1"},
+    )  # fmt: skip
+    assert chat.returncode == 0, chat.stderr
+    assert "Traceback" not in chat.stderr and "dropped" not in chat.stderr  # nothing unknown
+    assert chat.stdout.strip()
+
+    evaluated = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), str(run_dir), "--json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    corpus_bytes = json.loads(manifest.read_text())["num_tokens"]
+    assert report["characters"] == int(corpus_bytes * 0.1)  # the validation split, in bytes
+    assert 0 < report["loss"] < 5.55  # below a uniform guess over 256 values (ln 256)
+    other = write(tmp_path / "other.txt", "Ωμέγα and 漢字, never seen in training\n" * 20)
+    anything = subprocess.run(
+        [sys.executable, str(ROOT / "eval.py"), str(run_dir), f"data.path={other}", "--json"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert anything.returncode == 0, anything.stderr  # bytes: no character is unknown
+    assert json.loads(anything.stdout)["characters"] == len(other.read_bytes())
+
+
+def test_prepare_command_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    from tinyllm.cli import prepare_main
+
+    monkeypatch.chdir(tmp_path)
+    text = write(tmp_path / "a.txt", "abc" * 100)
+    for args, message in [
+        ([f"data.path={tmp_path}/books/*.txt"], "matches no files"),
+        (["data.path=missing.txt"], "not found"),
+        ([f"data.path={text}", "data.tokenizer=words"], "data.tokenizer must be one of"),
+        ([f"data.path={text}", "data.encoding=nope"], "unknown text encoding"),
+        ([f"data.path={text}", f"paths.data_dir={text}/data"], "cannot write the token cache"),
+        (["model=tiny"], "unknown argument"),
+    ]:
+        assert prepare_main([*args, "--quiet"]) == 2, args
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (args, lines)
+    assert prepare_main([f"data.path={text}", "--quiet"]) == 0
+    assert "300 tokens, vocabulary 3 (chars)" in capsys.readouterr().out

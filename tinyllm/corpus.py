@@ -355,7 +355,9 @@ def corpus_files(path: str | Path) -> list[Path]:
                 "at a file)"
             )
         return files
-    return [folder]  # a file; iter_text_file reports it missing or unreadable
+    if not folder.exists():
+        raise CorpusError(f"corpus file not found: {shown} (check data.path)")
+    return [folder]  # a file; iter_text_file reports it if it is unreadable
 
 
 def iter_corpus_text(
