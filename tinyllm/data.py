@@ -73,7 +73,8 @@ class RandomOffsetSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         offsets = torch.randint(self.num_offsets, (self.num_samples,), generator=generator)
-        return iter(offsets.tolist())
+        # a big corpus draws millions of offsets: hand them out without one list of them all
+        return (offset for block in offsets.split(1 << 16) for offset in block.tolist())
 
 
 def evenly_spaced_offsets(num_tokens: int, context: int, max_windows: int | None) -> list[int]:

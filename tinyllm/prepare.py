@@ -249,6 +249,8 @@ def _cleaned(
 
 
 def _code_points(text: str) -> np.ndarray:
+    if text.isascii():  # the common case, and a copy instead of a conversion
+        return np.frombuffer(text.encode("ascii"), dtype=np.uint8)
     return np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
 
 
@@ -283,6 +285,7 @@ def _prepare(
     counter = _ReadCounter(progress, sum(s["size"] for s in before))
     tokenizer: Tokenizer
     lookup: np.ndarray | None = None
+    ascii_table: bytes | None = None
     expected: int | None = None
     if settings.tokenizer == "chars":
         seen = np.zeros(_CODE_POINTS, dtype=bool)
@@ -296,6 +299,8 @@ def _prepare(
         dtype = _dtype_for(tokenizer.vocab_size)
         lookup = np.zeros(_CODE_POINTS, dtype=dtype)
         lookup[vocab_codes] = np.arange(len(vocab_codes), dtype=dtype)
+        # ASCII text with a vocabulary of at most 256: bytes.translate is the lookup, in C
+        ascii_table = bytes(lookup[:256]) if dtype == np.uint8 else None
         if folder is not None:
             _check_free_space(folder, expected * dtype.itemsize)
     else:
@@ -306,6 +311,8 @@ def _prepare(
         for chunk in _cleaned(files, settings, chunk_bytes, counter.start("encoding")):
             if lookup is None:
                 yield np.frombuffer(chunk.encode("utf-8", errors="replace"), dtype=np.uint8)
+            elif ascii_table is not None and chunk.isascii():
+                yield np.frombuffer(chunk.encode("ascii").translate(ascii_table), dtype=np.uint8)
             else:
                 yield lookup[_code_points(chunk)]
 
