@@ -13,9 +13,14 @@ import zipfile
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
 
-from tinyllm.cli import chat_main, eval_main, train_main
+from tinyllm.cli import chat_main, eval_main, prepare_entry, train_main
 
-SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main}
+SCRIPTS = {
+    "tinyllm-train": train_main,
+    "tinyllm-chat": chat_main,
+    "tinyllm-eval": eval_main,
+    "tinyllm-prepare": prepare_entry,
+}
 
 
 def command(name: str, *args: str, cwd, stdin: str | None = None, timeout: float = 120):
