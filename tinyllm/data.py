@@ -79,11 +79,11 @@ class RandomOffsetSampler(Sampler[int]):
 
 def evenly_spaced_offsets(num_tokens: int, context: int, max_windows: int | None) -> list[int]:
     """Non-overlapping validation windows, thinned evenly over the range when capped."""
-    offsets = list(range(0, num_tokens - context, context))
+    offsets = range(0, num_tokens - context, context)  # a range: no list of a big corpus's
     if max_windows is not None and len(offsets) > max_windows:
         step = len(offsets) / max_windows
-        offsets = [offsets[int(i * step)] for i in range(max_windows)]
-    return offsets
+        return [offsets[int(i * step)] for i in range(max_windows)]
+    return list(offsets)
 
 
 class CharDataModule(L.LightningDataModule):
