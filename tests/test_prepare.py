@@ -511,3 +511,58 @@ def test_prepare_command_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch,
         assert len(lines) == 1 and message in lines[0], (args, lines)
     assert prepare_main([f"data.path={text}", "--quiet"]) == 0
     assert "300 tokens, vocabulary 3 (chars)" in capsys.readouterr().out
+
+
+# --- streaming bytes to text: generation and the console ---------------------------------------
+
+
+def byte_model(tokens: list[int], monkeypatch):
+    """A real tiny byte-vocabulary model whose sampling is replaced by a fixed token stream."""
+    from tinyllm.model import ModelConfig, Transformer
+
+    model = Transformer(ModelConfig(vocab_size=256, context_length=8, n_layer=1, n_head=1,
+                                    n_embd=8)).eval()  # fmt: skip
+
+    def stream(*args, **kwargs):
+        yield from tokens
+
+    monkeypatch.setattr(model, "stream", stream)
+    return model
+
+
+def test_stream_text_holds_the_bytes_of_a_character_until_it_is_whole(monkeypatch):
+    from tinyllm.generation import SamplingSettings, stream_text
+
+    tokens = list("a€😀".encode()) + [0xE2, 0x82]  # ends two bytes into another "€"
+    model = byte_model(tokens, monkeypatch)
+    settings = SamplingSettings(max_tokens=len(tokens))
+    pieces = list(stream_text(model, ByteTokenizer(), "é", settings))
+    assert pieces == ["a", "€", "😀", "\ufffd"]  # never half a character, no error at the end
+    stopped = stream_text(model, ByteTokenizer(), "é", settings.updated(stop="😀"))
+    assert "".join(stopped) == "a€"
+    stopped = stream_text(model, ByteTokenizer(), "é", settings.updated(stop="\ufffd"))
+    assert "".join(stopped) == "a€😀"
+
+
+def test_console_escapes_any_control_character_a_byte_model_writes(monkeypatch):
+    import io
+
+    from tinyllm.artifacts import LoadedModel
+    from tinyllm.console import ChatConsole
+    from tinyllm.generation import SamplingSettings
+
+    text = "ok\x1b[31m red\u202e\u2028 ¿y€?\n"
+    model = byte_model(list(text.encode()), monkeypatch)
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    out = Terminal()
+    loaded = LoadedModel(model, ByteTokenizer(), {}, Path("bytes/best"))
+    console = ChatConsole(loaded, SamplingSettings(max_tokens=len(text.encode())), out=out,
+                          interactive=False)  # fmt: skip
+    assert console.reply("ROMEO ☃:") == text  # nothing in the prompt is unknown
+    shown = out.getvalue()
+    assert "\x1b" not in shown and "\u202e" not in shown and "\u2028" not in shown
+    assert "ok\\x1b[31m red\\u202e\\u2028 ¿y€?\n" in shown
