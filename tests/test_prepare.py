@@ -448,20 +448,20 @@ def test_prepare_corpus_without_a_cache_folder_is_in_memory(tmp_path):
 # --- end to end: prepare -> train -> chat -> eval with the byte tokenizer ----------------------
 
 
-def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path):
+def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch, capsys):
+    """tinyllm-prepare and eval run in-process (the functions their commands call); training
+    and chat as a user runs them."""
+    from tinyllm.cli import prepare_main
+    from tinyllm.evaluation import main as eval_main
+
+    monkeypatch.chdir(tmp_path)
     books = tmp_path / "books"
     write(books / "a.txt", make_corpus(120) + "Grüße, ☃ und 😀!\n" * 15)
     write(books / "b.txt", make_corpus(120, seed=1))
     data = [f"data.path={books}/*.txt", "data.tokenizer=bytes"]
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    prepare_command = "from tinyllm.cli import prepare_entry; prepare_entry()"
-    prepared = subprocess.run(
-        [sys.executable, "-c", prepare_command, *data], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert prepared.returncode == 0, prepared.stderr
-    assert "prepared" in prepared.stdout and "(bytes)" in prepared.stdout
-    assert "encoding" in prepared.stdout  # the progress bar's phase
+    assert prepare_main(data) == 0
+    out = capsys.readouterr().out
+    assert "prepared" in out and "(bytes)" in out and "encoding" in out  # and a progress bar
     (manifest,) = (tmp_path / "data" / "prepared").glob("*/manifest.json")
     written = manifest.stat().st_mtime_ns
 
@@ -478,28 +478,21 @@ def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path):
     chat = subprocess.run(
         [sys.executable, str(ROOT / "chat.py"), str(run_dir), "--prompt", "Grüße ☃ 𝄞",
          "--max-tokens", "80", "--seed", "1", "--temperature", "1.5"],
-        capture_output=True, text=True, timeout=120, env=env | {"NO_COLOR": "1"},
+        capture_output=True, text=True, timeout=120,
+        env=os.environ | {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip
     assert chat.returncode == 0, chat.stderr
     assert "Traceback" not in chat.stderr and "dropped" not in chat.stderr  # nothing unknown
     assert chat.stdout.strip()
 
-    evaluated = subprocess.run(
-        [sys.executable, str(ROOT / "eval.py"), str(run_dir), "--json"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
-    assert evaluated.returncode == 0, evaluated.stderr
-    report = json.loads(evaluated.stdout)
+    assert eval_main([str(run_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     corpus_bytes = json.loads(manifest.read_text())["num_tokens"]
     assert report["characters"] == int(corpus_bytes * 0.1)  # the validation split, in bytes
     assert 0 < report["loss"] < 6  # about a uniform guess over 256 values (ln 256 = 5.55)
     other = write(tmp_path / "other.txt", "Ωμέγα and 漢字, never seen in training\n" * 20)
-    anything = subprocess.run(
-        [sys.executable, str(ROOT / "eval.py"), str(run_dir), f"data.path={other}", "--json"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-    )  # fmt: skip
-    assert anything.returncode == 0, anything.stderr  # bytes: no character is unknown
-    assert json.loads(anything.stdout)["characters"] == len(other.read_bytes())
+    assert eval_main([str(run_dir), f"data.path={other}", "--json"]) == 0  # nothing unknown
+    assert json.loads(capsys.readouterr().out)["characters"] == len(other.read_bytes())
 
 
 def test_prepare_command_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
