@@ -27,6 +27,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,6 +157,8 @@ def _stale_reason(
         return "settings differ"
     if manifest.get("sources") != source_identity(files):
         return "the corpus changed since it was prepared"
+    if manifest.get("byteorder") != sys.byteorder:
+        return "written on a machine of the other byte order"
     dtype, count = manifest.get("dtype"), manifest.get("num_tokens")
     if dtype not in _DTYPES or not isinstance(count, int) or count < 1:
         return "manifest damaged"
@@ -336,6 +339,7 @@ def _prepare(
         "settings": asdict(settings),
         "tokenizer_state": tokenizer.state_dict(),
         "dtype": dtype.name,
+        "byteorder": sys.byteorder,  # the ids are written in this machine's byte order
         "num_tokens": count,
     }
     if folder is None:
