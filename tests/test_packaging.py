@@ -13,10 +13,11 @@ import zipfile
 import pytest
 from conftest import ROOT, TINY_OVERRIDES
 
-from tinyllm.cli import chat_main, eval_main, export_main, serve_main, train_main
+from tinyllm.cli import chat_main, eval_main, export_main, prepare_entry, serve_main, train_main
 
 SCRIPTS = {"tinyllm-train": train_main, "tinyllm-chat": chat_main, "tinyllm-eval": eval_main,
-           "tinyllm-export": export_main, "tinyllm-serve": serve_main}  # fmt: skip
+           "tinyllm-export": export_main, "tinyllm-serve": serve_main,
+           "tinyllm-prepare": prepare_entry}  # fmt: skip
 
 
 def command(name: str, *args: str, cwd, stdin: str | None = None, timeout: float = 120):

@@ -4,11 +4,12 @@ import tinyllm.config  # noqa: F401  (registers the config's ${tinyllm.precision
 from tinyllm.artifacts import LoadedModel, load_model
 from tinyllm.generation import SamplingSettings, generate_text, stream_text
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ByteTokenizer",
     "CharacterTokenizer",
     "LoadedModel",
     "ModelConfig",

@@ -3,7 +3,7 @@
     best/
       model.safetensors   weights (tensors only: cannot run code)
       model_config.json   ModelConfig
-      tokenizer.json      CharacterTokenizer state
+      tokenizer.json      CharacterTokenizer or ByteTokenizer state
       metadata.json       val loss, step, data source, console defaults
 
 `load_model` also accepts a run folder (uses its best/) or a Lightning .ckpt, which is read with
@@ -24,7 +24,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from tinyllm.io import write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.runs import default_log_dir, newest_with
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.tokenizer import CharacterTokenizer, tokenizer_from_state
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -209,7 +209,7 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
             raise
         raise ArtifactError(f"{directory / CONFIG_FILE} is invalid: {e}") from None
     try:
-        tokenizer = CharacterTokenizer.from_state_dict(_read_json(directory / TOKENIZER_FILE))
+        tokenizer = tokenizer_from_state(_read_json(directory / TOKENIZER_FILE))
     except ArtifactError:
         raise
     except ValueError as e:
@@ -256,7 +256,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             check_model_config(dict(checkpoint["hyper_parameters"]["model_config"]), path)
         )
         # Lightning stores a datamodule's state_dict under its class name
-        tokenizer = CharacterTokenizer.from_state_dict(checkpoint["CharDataModule"]["tokenizer"])
+        tokenizer = tokenizer_from_state(checkpoint["CharDataModule"]["tokenizer"])
         prefix = "model."
         state = {
             k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)

@@ -289,8 +289,12 @@ def model_summary(loaded: LoadedModel) -> str:
     return (
         f"{loaded.path} (val loss {loss_text}, step {step if step is not None else 'n/a'}; "
         f"{loaded.model.num_parameters():,} parameters, context {config.context_length}, "
-        f"{loaded.tokenizer.vocab_size} characters)"
+        f"{loaded.tokenizer.vocab_size} {_token_unit(loaded.tokenizer)})"
     )
+
+
+def _token_unit(tokenizer) -> str:
+    return "byte values" if getattr(tokenizer, "kind", "chars") == "bytes" else "characters"
 
 
 def settings_from_metadata(metadata: dict | None) -> tuple[SamplingSettings, str | None]:
@@ -313,6 +317,21 @@ def _control_character_table(vocab: Iterable[str]) -> dict[int, str]:
         for c in vocab
         if c not in "\n\t" and unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp")
     }
+
+
+class _AnyControlCharacter(dict):
+    """`_control_character_table` for a tokenizer that can write any character (bytes): filled
+    as characters show up, so `str.translate` escapes every control character."""
+
+    def __init__(self) -> None:
+        super().__init__(_control_character_table(chr(code) for code in range(128)))
+
+    def __missing__(self, code: int) -> str:
+        shown = _control_character_table([chr(code)]).get(code)
+        if shown is None:
+            raise LookupError(code)  # str.translate: leave the character as it is
+        self[code] = shown
+        return shown
 
 
 class ChatConsole:
@@ -347,9 +366,9 @@ class ChatConsole:
     def _use(self, loaded: LoadedModel) -> None:
         self.loaded = loaded
         self.context_length = loaded.model.config.context_length
-        self._display = (
-            _control_character_table(loaded.tokenizer.vocab) if _isatty(self.out) else {}
-        )
+        vocab = getattr(loaded.tokenizer, "vocab", None)  # a byte tokenizer has none
+        table = _AnyControlCharacter() if vocab is None else _control_character_table(vocab)
+        self._display = table if _isatty(self.out) else {}
         self.conversation = ""
 
     def reset(self) -> None:

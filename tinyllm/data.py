@@ -1,7 +1,8 @@
 """The data path from a corpus to batches of (inputs, targets) windows.
 
-The corpus is encoded once into a compact integer tensor and split into a contiguous training
-range and a validation range after it. Windows never cross that boundary, so no validation text
+The corpus is encoded once into a token cache (tinyllm/prepare.py) that every later run, sweep
+job and DDP rank memory-maps, and split into a contiguous training range and a validation range
+after it. Windows never cross that boundary, so no validation text
 is ever trained on. Training windows start at random offsets that change every epoch; validation
 windows are fixed, so every validation loss is measured on exactly the same text.
 """
@@ -13,12 +14,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tinyllm.checkpointing import ResumableDataLoader
-from tinyllm.corpus import CorpusError, clean_text, load_shakespeare, read_text_file
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.corpus import (
+    CorpusError,
+    clean_chunks,
+    corpus_files,
+    iter_corpus_text,
+    load_shakespeare,
+)
+from tinyllm.prepare import CHUNK_BYTES, PrepareSettings, Progress, prepare_corpus
+from tinyllm.tokenizer import (
+    CharacterTokenizer,
+    Tokenizer,
+    UnknownCharactersError,
+    new_tokenizer,
+    tokenizer_from_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +73,30 @@ class RandomOffsetSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         offsets = torch.randint(self.num_offsets, (self.num_samples,), generator=generator)
-        return iter(offsets.tolist())
+        # a big corpus draws millions of offsets: hand them out without one list of them all
+        return (offset for block in offsets.split(1 << 16) for offset in block.tolist())
 
 
 def evenly_spaced_offsets(num_tokens: int, context: int, max_windows: int | None) -> list[int]:
     """Non-overlapping validation windows, thinned evenly over the range when capped."""
-    offsets = list(range(0, num_tokens - context, context))
+    offsets = range(0, num_tokens - context, context)  # a range: no list of a big corpus's
     if max_windows is not None and len(offsets) > max_windows:
         step = len(offsets) / max_windows
-        offsets = [offsets[int(i * step)] for i in range(max_windows)]
-    return offsets
+        return [offsets[int(i * step)] for i in range(max_windows)]
+    return list(offsets)
 
 
 class CharDataModule(L.LightningDataModule):
-    """Shakespeare (default) or any text file -> tokenizer + train/val window loaders."""
+    """Shakespeare (default), a text file, a folder or a glob -> tokenizer + window loaders.
+
+    `prepare_data` encodes the corpus into the token cache under `cache_dir` once (a later call,
+    another run or another rank finds it there); `setup` memory-maps it. `tokenizer` picks the
+    vocabulary: "chars" (one id per distinct character) or "bytes" (the 256 byte values).
+    `cache_dir=None` prepares in memory every time (small corpora, read-only places).
+    Lightning calls `prepare_data` on one process per node and `setup` on every rank; a lock
+    on the cache also keeps processes that call both (train.py does, before fit) from
+    preparing it twice.
+    """
 
     def __init__(
         self,
@@ -80,7 +105,7 @@ class CharDataModule(L.LightningDataModule):
         lowercase: bool = False,
         normalize_whitespace: bool = False,
         keep_stage_directions: bool = False,
-        cache_dir: str = "data",
+        cache_dir: str | None = "data",
         val_split: float = 0.1,
         max_context: int = 128,
         batch_size: int = 64,
@@ -89,16 +114,19 @@ class CharDataModule(L.LightningDataModule):
         train_windows_per_epoch: int | None = None,
         max_val_windows: int | None = None,
         seed: int = 0,
+        tokenizer: str = "chars",
+        chunk_bytes: int = CHUNK_BYTES,
     ):
         super().__init__()
         if not 0.0 < val_split < 1.0:
             raise ValueError(f"data.val_split must be strictly between 0 and 1, got {val_split}")
+        new_tokenizer(tokenizer)  # an unknown kind stops here with the values it can take
         self.path = path
         self.encoding = encoding
         self.lowercase = lowercase
         self.normalize_whitespace = normalize_whitespace
         self.keep_stage_directions = keep_stage_directions
-        self.cache_dir = Path(cache_dir)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.val_split = val_split
         self.max_context = max_context
         self.batch_size = batch_size
@@ -107,7 +135,10 @@ class CharDataModule(L.LightningDataModule):
         self.train_windows_per_epoch = train_windows_per_epoch
         self.max_val_windows = max_val_windows
         self.seed = seed
-        self.tokenizer: CharacterTokenizer | None = None
+        self.tokenizer_kind = tokenizer
+        self.chunk_bytes = chunk_bytes
+        self.progress: Progress | None = None  # tinyllm-prepare shows a progress bar with it
+        self.tokenizer: Tokenizer | None = None
         self.train_ids: torch.Tensor | None = None
         self.val_ids: torch.Tensor | None = None
 
@@ -120,16 +151,47 @@ class CharDataModule(L.LightningDataModule):
         return str(self.path)
 
     def corpus_path(self) -> Path:
+        """The one source file (the converted plays, or data.path when it names a file)."""
+        return self.corpus_files()[0]
+
+    def corpus_files(self) -> list[Path]:
+        """The source files in order: the converted plays, or those data.path names."""
         if self.path is not None:
-            return Path(self.path).expanduser()
-        return load_shakespeare(self.cache_dir, keep_stage_directions=self.keep_stage_directions)
+            return corpus_files(self.path)
+        if self.cache_dir is None:
+            raise CorpusError("the Shakespeare corpus needs data.cache_dir to convert the plays")
+        return [load_shakespeare(self.cache_dir, keep_stage_directions=self.keep_stage_directions)]
+
+    @property
+    def settings(self) -> PrepareSettings:
+        return PrepareSettings(
+            encoding=self.encoding,
+            lowercase=self.lowercase,
+            normalize_whitespace=self.normalize_whitespace,
+            tokenizer=self.tokenizer_kind,
+        )
+
+    def prepare(self):
+        """The prepared corpus: the token cache when it is good, else prepared now."""
+        return prepare_corpus(
+            self.corpus_files(),
+            self.settings,
+            self.cache_dir,
+            source_name=self.source,
+            chunk_bytes=self.chunk_bytes,
+            progress=self.progress,
+        )
 
     def prepare_data(self) -> None:
-        self.corpus_path()  # converts and caches the Shakespeare corpus once, on one process
+        """Convert and encode the corpus once (Lightning calls this on one process)."""
+        self.prepare()
 
     def load_text(self) -> str:
-        text = read_text_file(self.corpus_path(), encoding=self.encoding)
-        text = clean_text(text, lowercase=self.lowercase, normalize=self.normalize_whitespace)
+        """The whole cleaned corpus as one string (evaluation; small corpora)."""
+        chunks = iter_corpus_text(self.corpus_files(), self.encoding, self.chunk_bytes)
+        text = "".join(
+            clean_chunks(chunks, lowercase=self.lowercase, normalize=self.normalize_whitespace)
+        )
         if not text.strip():
             raise CorpusError(f"corpus {self.source} is empty after cleaning")
         return text
@@ -137,27 +199,32 @@ class CharDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_ids is not None:
             return
-        text = self.load_text()
+        prepared = self.prepare()  # memory-maps the cache (prepares it if no process has yet)
+        ids = prepared.ids
         needed = self.min_characters()
-        if len(text) < needed:
+        if len(ids) < needed:
+            unit = "characters" if self.tokenizer_kind == "chars" else "bytes"
             raise CorpusError(
-                f"corpus {self.source} has {len(text):,} characters but max_context="
+                f"corpus {self.source} has {len(ids):,} {unit} but max_context="
                 f"{self.max_context} with val_split={self.val_split} needs at least {needed:,}: "
                 f"use a longer text or lower training.max_context"
             )
         if self.tokenizer is None:
-            self.tokenizer = CharacterTokenizer().fit(text)
-        dtype = torch.uint8 if self.tokenizer.vocab_size <= 256 else torch.int32
-        ids = torch.tensor(self.tokenizer.encode(text), dtype=dtype)
+            self.tokenizer = prepared.tokenizer
+        elif self.tokenizer != prepared.tokenizer:
+            ids = _reencode(ids, prepared.tokenizer, self.tokenizer)
         n_val = int(len(ids) * self.val_split)
+        ids = torch.from_numpy(ids)
         self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
         log.info(
-            "corpus %s: %s characters, vocabulary %d, %s train / %s val tokens",
+            "corpus %s: %s tokens (%s tokenizer), vocabulary %d, %s train / %s val tokens%s",
             self.source,
-            f"{len(text):,}",
+            f"{len(ids):,}",
+            self.tokenizer_kind,
             self.tokenizer.vocab_size,
             f"{len(self.train_ids):,}",
             f"{len(self.val_ids):,}",
+            f", memory-mapped from {prepared.folder}" if prepared.folder else "",
         )
 
     def min_characters(self) -> int:
@@ -199,11 +266,26 @@ class CharDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "tokenizer" in state_dict:
-            restored = CharacterTokenizer.from_state_dict(state_dict["tokenizer"])
+            restored = tokenizer_from_state(state_dict["tokenizer"])
             if self.tokenizer is None:
                 self.tokenizer = restored  # setup() then encodes with the checkpoint's ids
-            elif restored.vocab != self.tokenizer.vocab:
+            elif restored != self.tokenizer:
                 raise ValueError(
                     "the checkpoint's tokenizer differs from this corpus's: resume with the same "
                     "data settings the run was started with"
                 )
+
+
+def _reencode(ids: np.ndarray, fitted: Tokenizer, wanted: Tokenizer) -> np.ndarray:
+    """Ids of the fitted character vocabulary as ids of another one (a checkpoint's)."""
+    if not (isinstance(fitted, CharacterTokenizer) and isinstance(wanted, CharacterTokenizer)):
+        raise ValueError(
+            f"the corpus was prepared with the {fitted.kind} tokenizer but the model uses the "
+            f"{wanted.kind} tokenizer: set data.tokenizer={wanted.kind}"
+        )
+    unknown = [c for c in fitted.vocab if c not in wanted._ids]
+    if unknown:
+        raise UnknownCharactersError(unknown)
+    remap = np.array([wanted._ids[c] for c in fitted.vocab], dtype=np.int64)
+    dtype = np.uint8 if wanted.vocab_size <= 256 else np.int32
+    return remap[ids].astype(dtype)

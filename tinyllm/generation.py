@@ -151,7 +151,10 @@ def stream_text(
     with closing(tokens):
         if not settings.stops:
             for token in tokens:
-                yield text.push(token)
+                if piece := text.push(token):
+                    yield piece
+            if tail := text.flush():
+                yield tail
             return
         stops = StopFilter(settings.stops)
         for token in tokens:
@@ -160,7 +163,8 @@ def stream_text(
                 yield piece
             if stops.stopped:
                 return
-        piece = stops.flush()
+        piece = stops.push(text.flush())
+        piece += stops.flush()
         if piece:
             yield piece
 
@@ -173,14 +177,18 @@ def seeded_generator(model: Transformer, seed: int) -> torch.Generator:
 
 
 class Detokenizer:
-    """Token ids to text for one sequence: the one place generated ids become text (a byte-level
-    tokenizer can make this incremental, holding back a partial character)."""
+    """Token ids to text for one sequence: the one place generated ids become text. A byte
+    tokenizer's character may span tokens: its decoder holds bytes until the character is whole,
+    so a push can give no text; `flush` gives what is left when the sequence ends."""
 
     def __init__(self, tokenizer: CharacterTokenizer):
-        self.tokenizer = tokenizer
+        self.decoder = tokenizer.incremental_decoder()
 
     def push(self, token: int) -> str:
-        return self.tokenizer.decode([token])
+        return self.decoder.decode([token])
+
+    def flush(self) -> str:
+        return self.decoder.decode([], final=True)
 
 
 class StopFilter:
