@@ -26,7 +26,7 @@ from tinyllm.export import (
     refuse_unmapped,
 )
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402
@@ -92,6 +92,21 @@ def test_export_computes_what_our_model_computes(tmp_path, positional, tie, bias
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, loaded.model(ids), atol=1e-4, rtol=0)
     assert tok.decode(ids[0]) == TEXT[:context]
+
+
+def test_byte_tokenizer_model_exports_with_the_same_ids(tmp_path):
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=256, context_length=64, n_layer=1, n_head=2, n_embd=32,
+                         positional="rotary")  # fmt: skip
+    best = save_artifacts(tmp_path / "best", Transformer(config), ByteTokenizer(), {})
+    out = tmp_path / "hf"
+    loaded, report = export(best, out, check=check_with_text)
+    assert report.passed, report.summary()
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    text = "naïve 中文 🙂\r\n\ttabs  and spaces"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert ids == list(text.encode("utf-8"))  # the byte values are the ids
+    assert tok.decode(ids) == text
 
 
 def test_the_check_names_the_first_layer_that_diverges(tmp_path):

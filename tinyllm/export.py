@@ -44,7 +44,7 @@ from safetensors.torch import save
 
 from tinyllm.artifacts import ArtifactError, LoadedModel, load_model
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
 
 TOLERANCE = 1e-4  # max |logit difference| allowed in fp32
 GREEDY_CHARACTERS = 200
@@ -264,10 +264,61 @@ def _character_tokenizer_json(tokenizer: CharacterTokenizer) -> dict:
     }
 
 
-# One writer per tokenizer kind; a byte-level tokenizer becomes a second entry here.
+def byte_symbols() -> list[str]:
+    """The printable character `tokenizers`' ByteLevel stands each byte value for (GPT-2's
+    scheme): visible Latin-1 bytes are themselves, the others (controls, space, soft hyphen)
+    take the code points from 256 on, in byte order."""
+    visible = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = (b for b in range(256) if b not in visible)
+    symbols = {b: chr(b) for b in visible} | {b: chr(256 + n) for n, b in enumerate(others)}
+    return [symbols[b] for b in range(256)]
+
+
+def _byte_tokenizer_json(tokenizer: ByteTokenizer) -> dict:
+    """UTF-8 bytes as tokens, id = byte value: ByteLevel maps text to one symbol per byte, each
+    symbol is a token, and the ByteLevel decoder turns the symbols back into bytes and text."""
+    byte_level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "ByteLevel", **byte_level},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": "[\\s\\S]"},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+            ],
+        },  # fmt: skip
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {
+            "type": "WordLevel",
+            "vocab": {symbol: i for i, symbol in enumerate(byte_symbols())},
+            "unk_token": "<unk>",
+        },
+    }
+
+
+# One writer per tokenizer kind.
 TOKENIZER_WRITERS: dict[type, Callable[[object], dict]] = {
     CharacterTokenizer: _character_tokenizer_json,
+    ByteTokenizer: _byte_tokenizer_json,
 }
+
+
+def tokenizer_characters(tokenizer) -> str:
+    """Characters the round-trip check covers: the whole vocabulary of a character tokenizer;
+    for bytes, ASCII and multi-byte characters of several scripts."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "".join(chr(c) for c in range(32, 127)) + "\n\t\r é ü — “ ” 中文 😀"
+    return "".join(tokenizer.vocab)
 
 
 def tokenizer_files(tokenizer: object, context_length: int) -> dict[str, dict]:
@@ -679,7 +730,7 @@ def _margin(model: Transformer, prompt: list[int], generated: list[int], step: i
 
 def representative_text(tokenizer: CharacterTokenizer, length: int = 2048) -> str:
     """Every character of the vocabulary, then a fixed pseudo-random mix of them."""
-    vocab = list(tokenizer.vocab)
+    vocab = list(tokenizer_characters(tokenizer))
     rng = random.Random(0)
     return "".join(vocab) + "".join(rng.choice(vocab) for _ in range(length))
 
@@ -743,7 +794,7 @@ def _compare(
 
     # tokenizer: the same ids, and decoding gives the text back
     problem = ""
-    for sample in (text, "".join(tokenizer.vocab)):
+    for sample in (text, tokenizer_characters(tokenizer)):
         ours = tokenizer.encode(sample)
         theirs = hf_tok(sample, add_special_tokens=False)["input_ids"]
         if theirs != ours:
@@ -795,7 +846,7 @@ def _compare(
         greedy_identical=same,
         greedy_total=GREEDY_CHARACTERS,
         greedy_note=note,
-        tokenizer_characters=len(text) + len(tokenizer.vocab),
+        tokenizer_characters=len(text) + len(tokenizer_characters(tokenizer)),
         tokenizer_problem=problem,
         text_source=text_source,
     )
