@@ -21,6 +21,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
+from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 from tinyllm.io import write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.runs import default_log_dir, newest_with
@@ -94,8 +95,9 @@ _CONFIG_TYPES = {"vocab_size": int, "context_length": int, "n_layer": int, "n_he
 _METADATA_TYPES = {"val_loss": (int, float), "val_bpc": (int, float), "step": int, "epoch": int,
                    "train_loss": (int, float), "data_source": str, "created": str,
                    "console": dict, "format": str, "version": int}  # fmt: skip
-_CONSOLE_RANGES = {"max_tokens": (int, 1, 10**7), "temperature": ((int, float), 0, 100),
-                   "top_k": (int, 0, 10**7)}  # fmt: skip
+# console defaults: the limits SamplingSettings enforces (tinyllm/generation.py)
+_CONSOLE_RANGES = {"max_tokens": (int, 1, MAX_TOKENS), "temperature": ((int, float), 0,
+                   MAX_TEMPERATURE), "top_k": (int, 0, MAX_TOP_K)}  # fmt: skip
 
 
 def _type_error(path: Path, key: str, value: object, expected) -> ArtifactError:

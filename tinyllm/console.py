@@ -29,14 +29,20 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tinyllm.artifacts import ArtifactError, LoadedModel
-from tinyllm.generation import SamplingSettings, split_unknown, stream_text
+from tinyllm.generation import (
+    MAX_SEED,
+    MAX_TEMPERATURE,
+    MAX_TOKENS,
+    MAX_TOP_K,
+    SamplingSettings,
+    split_unknown,
+    stream_text,
+)
 
 # --- limits ----------------------------------------------------------------------------------
 
-MAX_TOKENS_LIMIT = 100_000
-MAX_TEMPERATURE = 100.0
-MAX_TOP_K = 100_000
-MAX_SEED = 2**63 - 1
+# the sampling limits live with SamplingSettings, their one validator
+MAX_TOKENS_LIMIT = MAX_TOKENS
 MAX_STOP_LENGTH = 200
 _MAX_NUMBER_TEXT = 40  # longer "numbers" are refused before parsing
 

@@ -29,6 +29,14 @@ class SettingsError(ValueError):
         self.field = field
 
 
+# The limits of every sampling setting, wherever it comes from (the console, a model's stored
+# defaults, a server request): SamplingSettings enforces them, the others quote them.
+MAX_TOKENS = 100_000
+MAX_TEMPERATURE = 100.0
+MAX_TOP_K = 100_000
+MAX_SEED = 2**63 - 1
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     max_tokens: int = 500
@@ -44,23 +52,26 @@ class SamplingSettings:
             raise SettingsError(
                 "max_tokens", f"max tokens must be an integer, got {self.max_tokens!r}"
             )
-        if self.max_tokens < 1:
+        if not 1 <= self.max_tokens <= MAX_TOKENS:
             raise SettingsError(
-                "max_tokens", f"max tokens must be at least 1, got {self.max_tokens}"
+                "max_tokens", f"max tokens must be in [1, {MAX_TOKENS}], got {self.max_tokens}"
             )
-        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 100.0:
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= MAX_TEMPERATURE:
             raise SettingsError(
-                "temperature", f"temperature must be in [0, 100], got {self.temperature!r}"
+                "temperature",
+                f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature!r}",
             )
-        if not _is_int(self.top_k) or self.top_k < 0:
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= MAX_TOP_K:
             raise SettingsError(
-                "top_k", f"top-k must be an integer >= 0 (0 turns it off), got {self.top_k!r}"
+                "top_k",
+                f"top-k must be an integer in [0, {MAX_TOP_K}] (0 turns it off), "
+                f"got {self.top_k!r}",
             )
         if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise SettingsError(
                 "top_p", f"top-p must be in (0, 1] (1 turns it off), got {self.top_p!r}"
             )
-        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed < 2**63):
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
             raise SettingsError(
                 "seed", f"seed must be an integer in [0, 2**63) or None, got {self.seed!r}"
             )
