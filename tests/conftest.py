@@ -40,6 +40,11 @@ TINY_OVERRIDES = [
 ]
 
 
+def without(overrides: list[str], *keys: str) -> list[str]:
+    """`overrides` less those that set one of `keys` (to set them anew)."""
+    return [o for o in overrides if o.split("=", 1)[0] not in keys]
+
+
 def make_corpus(n_speeches: int = 300, seed: int = 0) -> str:
     """Tiny-shakespeare-shaped text (SPEAKER: line, speech, blank line) from a few words."""
     rng = random.Random(seed)

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, compose_config, read_events
+from conftest import TINY_OVERRIDES, compose_config, read_events, without
 
 from tinyllm.training import train
 
@@ -23,10 +23,6 @@ class Delay(L.Callback):
 
     def on_train_batch_end(self, *args) -> None:
         time.sleep(self.seconds)
-
-
-def without(overrides, *keys):
-    return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
 BASE = [

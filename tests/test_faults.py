@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, compose_config
+from conftest import ROOT, TINY_OVERRIDES, compose_config, without
 
 from tinyllm import training
 from tinyllm.artifacts import load_model, save_artifacts
@@ -24,10 +24,6 @@ from tinyllm.config import ConfigError
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.module import LanguageModel
 from tinyllm.tokenizer import CharacterTokenizer
-
-
-def without(overrides, *keys):
-    return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
 def load_ckpt(path: Path) -> dict:

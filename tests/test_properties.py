@@ -18,8 +18,7 @@ from hypothesis import strategies as st
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from tinyllm.artifacts import ArtifactError, load_model, save_artifacts
-from tinyllm.checkpointing import ResumableDataLoader
-from tinyllm.data import RandomOffsetSampler, WindowDataset
+from tinyllm.data import RandomOffsetSampler, ResumableDataLoader, WindowDataset
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.tokenizer import CharacterTokenizer
 

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, compose_config, read_events, run_train
+from conftest import ROOT, TINY_OVERRIDES, compose_config, read_events, run_train, without
 
 from tinyllm.checkpointing import CheckpointError
 from tinyllm.cli import find_resumable_run, resolve_resume, resolve_resume_argv
 from tinyllm.training import train
-
-
-def without(overrides, *keys):
-    return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
 def load_ckpt(path: Path) -> dict:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, compose_config, read_events, run_train
+from conftest import TINY_OVERRIDES, compose_config, read_events, run_train, without
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -28,10 +28,6 @@ def run_config(run_dir: Path):
 def best_checkpoint(run_dir: Path) -> Path:
     (path,) = [p for p in (run_dir / "checkpoints").iterdir() if BEST_CKPT.fullmatch(p.name)]
     return path
-
-
-def without(overrides: list[str], *keys: str) -> list[str]:
-    return [o for o in overrides if o.split("=", 1)[0] not in keys]
 
 
 def test_run_folder_holds_every_output(trained_run, corpus_file):

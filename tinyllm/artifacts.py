@@ -241,18 +241,25 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
     return LoadedModel(model.to(device).eval(), tokenizer, metadata, directory)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """A Lightning .ckpt of a tinyllm run, loaded without executing any pickled code."""
-    path = Path(path)
+def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The one way any .ckpt is read (chat, eval, export, ckpt_path=, resume=, Lightning's own
+    restore): `torch.load(weights_only=True)` refuses a pickle that would build arbitrary objects,
+    so a crafted file cannot run code. `mmap`: tensors stay in the file until used, so checking a
+    large checkpoint does not read it into memory."""
     try:
-        # mmap: tensors stay in the file until used, so a large file is not read into memory
-        checkpoint = torch.load(path, map_location=device, weights_only=True, mmap=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a safe tinyllm checkpoint"
         reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise ArtifactError(
-            f"{path} cannot be loaded safely (weights_only=True refused or failed: {reason}); "
-            "use a best/ artifacts folder or a checkpoint written by tinyllm"
+            f"checkpoint {path} cannot be loaded safely (weights_only=True refused or failed: "
+            f"{reason}); use a best/ artifacts folder or a checkpoint written by tinyllm"
         ) from None
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """A Lightning .ckpt of a tinyllm run, loaded without executing any pickled code."""
+    path = Path(path)
+    checkpoint = read_checkpoint(path, device)
     try:
         config = ModelConfig.from_dict(
             check_model_config(dict(checkpoint["hyper_parameters"]["model_config"]), path)

@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tinyllm.checkpointing import ResumableDataLoader
 from tinyllm.corpus import (
     CorpusError,
     clean_chunks,
@@ -36,6 +35,56 @@ from tinyllm.tokenizer import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (`state_dict`/`load_state_dict`): the epoch its
+    sampler is in and how many batches of that epoch were handed to training.
+
+    On resume the sampler is set to that epoch and the batches already trained on are drawn
+    again and dropped: the sampler draws the whole epoch from its seed and epoch, so the batches
+    left are exactly those the interrupted run would have seen. Dropping at the loader works for
+    any sampler, also the DistributedSampler Lightning wraps ours in under DDP, and costs little
+    (the loader is >1,000x faster than a training step, benchmarks/RESULTS.md).
+    Lightning does not prefetch from a loader with a known length, so the count of batches
+    yielded is the count of batches trained on when a checkpoint is taken after a step.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._batches_yielded = 0
+        self._resume_batches = 0
+
+    def __iter__(self) -> Iterator:
+        # made now, not at the first batch: creating it draws a seed from the global RNG, which
+        # must happen before TrainingStateCallback restores the RNG, as in the original run
+        batches = super().__iter__()
+        for _ in range(self._resume_batches):
+            next(batches, None)
+        self._batches_yielded, self._resume_batches = self._resume_batches, 0
+        return self._counted(batches)
+
+    def _counted(self, batches: Iterator) -> Iterator:
+        for batch in batches:
+            self._batches_yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        return {
+            "epoch": int(getattr(self.sampler, "epoch", 0)),
+            "batches": int(self._batches_yielded),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        batches = int(state.get("batches", 0))
+        if batches >= len(self):  # the epoch was finished: the next one starts afresh
+            return
+        if not hasattr(self.sampler, "set_epoch"):  # a sampler without epochs: start afresh
+            return
+        epoch = int(state.get("epoch", 0))
+        self.sampler.set_epoch(epoch)  # a DistributedSampler passes it on to ours
+        self._resume_batches = batches
+        log.info("resuming the data at batch %d of epoch %d", batches, epoch)
 
 
 class WindowDataset(Dataset):
