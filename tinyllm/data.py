@@ -18,14 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tinyllm.corpus import (
-    CorpusError,
-    clean_chunks,
-    corpus_files,
-    iter_corpus_text,
-    load_shakespeare,
-)
+from tinyllm.corpus import CorpusError, clean_chunks, corpus_files, iter_corpus_text
 from tinyllm.prepare import CHUNK_BYTES, PrepareSettings, Progress, prepare_corpus
+from tinyllm.shakespeare import load_shakespeare
 from tinyllm.tokenizer import (
     CharacterTokenizer,
     Tokenizer,

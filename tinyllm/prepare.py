@@ -34,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyllm.corpus import CorpusError, clean_chunks, iter_corpus_text, write_replacing
+from tinyllm.corpus import CorpusError, clean_chunks, iter_corpus_text
+from tinyllm.io import write_atomic
 from tinyllm.tokenizer import (
     ByteTokenizer,
     CharacterTokenizer,
@@ -346,7 +347,7 @@ def _prepare(
         return PreparedCorpus(ids, tokenizer, None, manifest)
     data = (json.dumps(manifest, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
     try:
-        write_replacing(folder / MANIFEST_FILE, data)
+        write_atomic(folder / MANIFEST_FILE, data)
     except OSError as err:
         raise _write_error(folder, err) from None
     log.info("prepared %s: %s tokens in %s", name, f"{count:,}", folder)
