@@ -55,7 +55,7 @@ class SampleTextCallback(L.Callback):
     def sample(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str:
         tokenizer = datamodule_tokenizer(trainer)
         unknown = set(tokenizer.unknown_characters(self.prompt))
-        prompt = "".join(c for c in self.prompt if c not in unknown) or tokenizer.vocab[0]
+        prompt = "".join(c for c in self.prompt if c not in unknown) or tokenizer.decode([0])
         text = generate_text(pl_module.model, tokenizer, prompt, self.settings)
         step = trainer.global_step
         settings = self.settings
