@@ -2,7 +2,7 @@
 
 MODEL is a run folder, its best/ folder or a .ckpt file; without it, the best model of the most
 recent run under outputs/ is used. `python chat.py --help` tells the rest; the console itself
-lives in tinyllm/console.py (also installed as `tinyllm-chat`).
+lives in tinyllm/console/ (also installed as `tinyllm-chat`).
 """
 
 import sys

@@ -1,12 +1,10 @@
-"""The chat console behind `chat.py` and `tinyllm-chat`: commands, conversation, streaming
-replies, Ctrl-C, and the command line (`main`).
+"""One chat session: a model, its sampling settings and the conversation so far, shown on a
+terminal or written plainly for scripts and pipes.
 
-    parse_command("/temp 0.5")  -> Command("temp", 0.5)        pure; any other text: CommandError
     ChatConsole(loaded, settings, ...)
         .handle(line)      one line of the interactive console (a prompt or a /command)
         .run()             the interactive loop (readline editing and history)
         .reply(prompt)     stream one continuation (used by every mode)
-    main(argv)             `python chat.py [MODEL] [--prompt ...]`: terminal, one-shot or pipe
 
 The console keeps the conversation so far (prompts and replies, as shown) and gives it to the
 model as the context of the next reply; the model sees its last `context_length` characters.
@@ -15,8 +13,6 @@ Generation goes through `tinyllm.generation.stream_text`, the path every caller 
 
 from __future__ import annotations
 
-import argparse
-import math
 import os
 import signal
 import sys
@@ -24,243 +20,24 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from tinyllm.artifacts import ArtifactError, LoadedModel
-from tinyllm.generation import (
-    MAX_SEED,
-    MAX_TEMPERATURE,
-    MAX_TOKENS,
-    MAX_TOP_K,
-    SamplingSettings,
-    split_unknown,
-    stream_text,
+from tinyllm.console.commands import (
+    COMMANDS,
+    Command,
+    CommandError,
+    describe_stop,
+    help_text,
+    is_command,
+    parse_command,
 )
-
-# --- limits ----------------------------------------------------------------------------------
-
-# the sampling limits live with SamplingSettings, their one validator
-MAX_TOKENS_LIMIT = MAX_TOKENS
-MAX_STOP_LENGTH = 200
-_MAX_NUMBER_TEXT = 40  # longer "numbers" are refused before parsing
+from tinyllm.generation import SamplingSettings, split_unknown, stream_text
 
 PROMPT = "> "
 HISTORY_ENV = "TINYLLM_HISTORY"  # history file; empty: no history file
 DEFAULT_HISTORY = "~/.tinyllm_history"
-
-# --- the command parser -----------------------------------------------------------------------
-
-# name: (argument shown in /help, what it does)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "help": ("", "show this help"),
-    "temp": ("X", "temperature, 0 to 100 (0: always the most likely character)"),
-    "topk": ("K", "sample from the K most likely characters (0 or off: all)"),
-    "topp": ("P", "sample from the most likely characters holding P of the mass, 0 < P <= 1 "
-                  "(1 or off: all)"),
-    "max": ("N", f"at most N new characters per reply, 1 to {MAX_TOKENS_LIMIT}"),
-    "seed": ("N|off", "seed every reply (same context and seed, same text); off: random"),
-    "stop": ("TEXT|off", r"end a reply when the model writes TEXT (not shown); \n \t \\ "
-                         r'understood (/stop \n\n: at a blank line); quote spaces: /stop " "'),
-    "settings": ("", "show the current settings"),
-    "reset": ("", "forget the conversation so far"),
-    "load": ("PATH", "load another model: a run folder, its best/ folder or a .ckpt"),
-    "quit": ("", "leave (Ctrl-D, or Ctrl-C at an empty prompt, too)"),
-}  # fmt: skip
-ALIASES = {
-    "temperature": "temp",
-    "top-k": "topk",
-    "top_k": "topk",
-    "top-p": "topp",
-    "top_p": "topp",
-    "max-tokens": "max",
-    "max_tokens": "max",
-    "exit": "quit",
-    "q": "quit",
-    "h": "help",
-    "?": "help",
-}
-_OFF = ("off", "none")
-
-
-class CommandError(ValueError):
-    """A line that is not a valid command; the message says why and what would be."""
-
-
-@dataclass(frozen=True)
-class Command:
-    name: str  # a key of COMMANDS
-    value: Any = None  # the parsed argument; None for commands without one (and for "off")
-
-
-def is_command(line: str) -> bool:
-    """Lines starting with / are commands, except `//...`: a prompt starting with one `/`."""
-    text = line.lstrip()
-    return text.startswith("/") and not text.startswith("//")
-
-
-def command_list() -> str:
-    return ", ".join(f"/{name}" for name in COMMANDS)
-
-
-def _show(text: str, limit: int = 30) -> str:
-    """User text quoted for a message: cut short, control characters escaped."""
-    return repr(text if len(text) <= limit else text[:limit] + "...")
-
-
-def parse_command(text: str) -> Command:
-    """Parse one console command. Raises CommandError (and nothing else) for any bad text."""
-    if not isinstance(text, str):
-        raise CommandError("a command must be text")
-    stripped = text.strip()
-    if not stripped.startswith("/"):
-        raise CommandError(f"commands start with /; the commands are {command_list()}")
-    parts = stripped[1:].split(None, 1)
-    if not parts:
-        raise CommandError(f"no command after /; the commands are {command_list()}")
-    word = parts[0].lower()
-    argument = parts[1].strip() if len(parts) > 1 else ""
-    name = ALIASES.get(word, word)
-    if name not in COMMANDS:
-        raise CommandError(f"unknown command /{_show(word)[1:-1]}; the commands are "
-                           f"{command_list()} (/help explains them)")  # fmt: skip
-    usage = f"/{name} {COMMANDS[name][0]}".rstrip()
-    if not COMMANDS[name][0]:
-        if argument:
-            raise CommandError(f"/{name} takes no value (got {_show(argument)})")
-        return Command(name)
-    if not argument:
-        raise CommandError(f"/{name} needs a value: {usage}")
-    return Command(name, _VALUE_PARSERS[name](argument, usage))
-
-
-def _number(text: str, kind: type, usage: str):
-    what = "a whole number" if kind is int else "a number"
-    if len(text) > _MAX_NUMBER_TEXT:
-        raise CommandError(f"{_show(text)} is too long to be {what}: {usage}")
-    try:
-        value = kind(text)
-    except (ValueError, TypeError, OverflowError):
-        raise CommandError(f"{_show(text)} is not {what}: {usage}") from None
-    if kind is float and not math.isfinite(value):
-        raise CommandError(f"{_show(text)} is not a finite number: {usage}")
-    return value
-
-
-def _in_range(value, low, high, usage: str, *, low_open: bool = False):
-    below = value <= low if low_open else value < low
-    if below or value > high:
-        low_text = f"above {low}" if low_open else f"at least {low}"
-        raise CommandError(f"{value} is out of range: it must be {low_text} and at most "
-                           f"{high} ({usage})")  # fmt: skip
-    return value
-
-
-def _temperature(text: str, usage: str) -> float:
-    return _in_range(_number(text, float, usage), 0.0, MAX_TEMPERATURE, usage)
-
-
-def _top_k(text: str, usage: str) -> int:
-    if text.lower() in _OFF:
-        return 0
-    return _in_range(_number(text, int, usage), 0, MAX_TOP_K, usage)
-
-
-def _top_p(text: str, usage: str) -> float:
-    if text.lower() in _OFF:
-        return 1.0
-    return _in_range(_number(text, float, usage), 0.0, 1.0, usage, low_open=True)
-
-
-def _max_tokens(text: str, usage: str) -> int:
-    return _in_range(_number(text, int, usage), 1, MAX_TOKENS_LIMIT, usage)
-
-
-def _seed(text: str, usage: str) -> int | None:
-    if text.lower() in (*_OFF, "random"):
-        return None
-    return _in_range(_number(text, int, usage), 0, MAX_SEED, usage)
-
-
-def _stop(text: str, usage: str) -> str | None:
-    if text.lower() in _OFF:
-        return None
-    stop = decode_escapes(_unquote(text))
-    if not stop:
-        raise CommandError(f"the stop text is empty: {usage} (or /stop off)")
-    if len(stop) > MAX_STOP_LENGTH:
-        raise CommandError(f"the stop text is {len(stop)} characters; at most "
-                           f"{MAX_STOP_LENGTH} please")  # fmt: skip
-    return stop
-
-
-def _path(text: str, usage: str) -> str:
-    path = _unquote(text)
-    if not path.strip() or "\0" in path:
-        raise CommandError(f"{_show(text)} is not a path: {usage}")
-    return path
-
-
-_VALUE_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "temp": _temperature,
-    "topk": _top_k,
-    "topp": _top_p,
-    "max": _max_tokens,
-    "seed": _seed,
-    "stop": _stop,
-    "load": _path,
-}
-
-
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        return text[1:-1]
-    return text
-
-
-_HEX = "0123456789abcdefABCDEF"
-_SIMPLE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", '"': '"', "'": "'", "0": "\0"}
-
-
-def decode_escapes(text: str) -> str:
-    r"""`\n`, `\t`, `\r`, `\\`, `\"`, `\'`, `\0`, `\xHH` and `\uHHHH` as in Python strings.
-
-    Raises CommandError for any other backslash sequence, so a typo is not taken literally.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        char = text[i]
-        if char != "\\":
-            out.append(char)
-            i += 1
-            continue
-        if i + 1 == len(text):
-            raise CommandError(r"a lone \ ends the text: write \\ for a backslash")
-        code = text[i + 1]
-        if code in _SIMPLE_ESCAPES:
-            out.append(_SIMPLE_ESCAPES[code])
-            i += 2
-            continue
-        width = {"x": 2, "u": 4}.get(code)
-        digits = text[i + 2 : i + 2 + width] if width else ""
-        if not width or len(digits) != width or not all(d in _HEX for d in digits):
-            raise CommandError(
-                f"unknown escape {_show(text[i : i + 2 + (width or 0)])}: use \\n, \\t, \\r, "
-                r"\\, \xHH or \uHHHH"
-            )
-        out.append(chr(int(digits, 16)))
-        i += 2 + width
-    return "".join(out)
-
-
-def describe_stop(stop: str | None) -> str:
-    return "off" if not stop else repr(stop)
-
-
-# --- the console ------------------------------------------------------------------------------
-
 
 # command: (SamplingSettings field, its label in /settings)
 _SETTING_OF = {
@@ -374,7 +151,7 @@ class ChatConsole:
         self.context_length = loaded.model.config.context_length
         vocab = getattr(loaded.tokenizer, "vocab", None)  # a byte tokenizer has none
         table = _AnyControlCharacter() if vocab is None else _control_character_table(vocab)
-        self._display = table if _isatty(self.out) else {}
+        self._display = table if is_terminal(self.out) else {}
         self.conversation = ""
 
     def reset(self) -> None:
@@ -403,11 +180,7 @@ class ChatConsole:
         )
 
     def show_help(self) -> None:
-        lines = ["commands:"]
-        for name, (argument, text) in COMMANDS.items():
-            lines.append(f"  /{name} {argument}".ljust(18) + text)
-        lines.append("  //TEXT".ljust(18) + "a prompt that starts with /")
-        self.say("\n".join(lines))
+        self.say(help_text())
 
     def show_settings(self) -> None:
         rows = settings_rows(self.settings) + [
@@ -589,7 +362,8 @@ class ChatConsole:
                 self.error("interrupted")
 
 
-def _isatty(stream: TextIO) -> bool:
+def is_terminal(stream: TextIO) -> bool:
+    """Whether `stream` is a terminal; False for streams without one (closed, StringIO)."""
     try:
         return stream.isatty()
     except (AttributeError, ValueError):
@@ -598,7 +372,7 @@ def _isatty(stream: TextIO) -> bool:
 
 def _rich_console(stream: TextIO):
     """A Rich console for messages on a terminal (colour unless NO_COLOR), else None."""
-    if not _isatty(stream):
+    if not is_terminal(stream):
         return None
     try:
         from rich.console import Console
@@ -651,163 +425,3 @@ def setup_readline(history: str | None = None) -> None:
             readline.write_history_file(path)
 
     atexit.register(save)
-
-
-# --- the command line -------------------------------------------------------------------------
-
-DESCRIPTION = """\
-Talk to a trained model: each line you type is continued by the model, with the conversation
-so far as context."""
-
-EPILOG = """\
-MODEL is a run folder (its best/ is used), a best/ artifacts folder, or a Lightning .ckpt
-(read with weights_only=True). Without MODEL, the most recently written model under ./outputs/
-is used: the newest best/model.safetensors among outputs/runs/*/ and outputs/multiruns/*/*/
-(the folders train.py writes) by modification time, i.e. the best model of the latest run.
-Which model was loaded, its val loss and step are printed.
-
-Modes:
-  terminal   an interactive console: /help lists its commands (/temp, /topk, /topp, /max,
-             /seed, /stop, /settings, /reset, /load, /quit); Ctrl-C stops a reply, Ctrl-C at
-             an empty prompt or Ctrl-D leaves. History in ~/.tinyllm_history (set
-             TINYLLM_HISTORY to another file, or to nothing for none).
-  --prompt   prints one continuation of the prompt and exits.
-  pipe       `echo "JULIET:" | python chat.py MODEL`: each input line is continued on its own
-             (no conversation), one continuation per line, each ended by a newline; blank lines
-             are skipped; no prompts, banners or colour; notes go to stderr.
-
-Sampling defaults come from the run's console settings (training.console_*); the options
-override them. Prompts are continued as typed (no newline is added). Characters the model
-does not know are named and dropped.
-
-Exit status: 0 done; 2 no model at the path, a bad option, or nothing left of --prompt;
-130 interrupted (--prompt and pipe modes).
-"""
-
-
-def _option(parse: Callable[[str, str], Any], name: str):
-    """An argparse type from a command's value parser: the same checks and messages."""
-
-    def convert(text: str):
-        try:
-            return parse(text, f"--{name}")
-        except CommandError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    convert.__name__ = name
-    return convert
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to 1024")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="chat.py",
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add = parser.add_argument
-    # fmt: off
-    add("model", nargs="?", metavar="MODEL",
-        help="a run folder, its best/ folder or a .ckpt (default: the newest best model under "
-             "--outputs)")
-    add("--outputs", metavar="DIR",
-        help="where runs live (default: $TINYLLM_OUTPUTS, else outputs/), as paths.log_dir")
-    add("--prompt", "-p", metavar="TEXT", help="continue TEXT once, print it and exit")
-    add("--max-tokens", "-n", type=_option(_max_tokens, "max-tokens"), metavar="N",
-        help=f"new characters per reply, 1 to {MAX_TOKENS_LIMIT}")
-    add("--temperature", "-t", type=_option(_temperature, "temperature"), metavar="X",
-        help=f"0 (greedy) to {MAX_TEMPERATURE:g}")
-    add("--top-k", "-k", type=_option(_top_k, "top-k"), metavar="K",
-        help="only the K most likely characters (0 or off: all)")
-    add("--top-p", type=_option(_top_p, "top-p"), metavar="P",
-        help="only the most likely characters holding P of the probability, 0 < P <= 1")
-    add("--seed", "-s", type=_option(_seed, "seed"), metavar="N",
-        help="seed every reply: the same prompt and seed give the same text")
-    add("--stop", type=_option(_stop, "stop"), metavar="TEXT",
-        help=r"end a reply when the model writes TEXT (not printed); \n, \t, \\ understood")
-    add("--threads", type=_threads, metavar="N",
-        help="CPU threads (default 1, or OMP_NUM_THREADS: one character at a time of a small "
-             "model is fastest on one thread, and far faster than several on a busy machine)")
-    # fmt: on
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python chat.py ...`; returns the exit status."""
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly, as command-line tools do
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 0
-
-
-def _main(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-
-    from tinyllm.artifacts import load_model
-
-    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1
-    torch.set_num_threads(threads)
-    for stream in (sys.stdin, sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")  # never die on an undecodable byte
-    interactive = args.prompt is None and _isatty(sys.stdin)
-
-    try:
-        loaded = load_model(args.model, outputs_dir=args.outputs)
-    except (ArtifactError, OSError) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"chat.py: error: {text}", file=sys.stderr)
-        return 2
-
-    settings, warning = settings_from_metadata(loaded.metadata)
-    chosen = {
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-        "top_k": args.top_k,
-        "top_p": args.top_p,
-        "seed": args.seed,
-        "stop": args.stop,
-    }
-    settings = settings.updated(**{k: v for k, v in chosen.items() if v is not None})
-
-    if interactive:
-        console = ChatConsole(loaded, settings, interactive=True)
-        if warning:
-            console.say(warning, "yellow")
-        setup_readline()
-        return console.run()
-
-    console = ChatConsole(loaded, settings, messages=sys.stderr, interactive=False)
-    if warning:
-        console.say(warning)
-    if args.model is None:  # the model was chosen for the user: say which, on stderr
-        console.say(f"model: {model_summary(loaded)}")
-    if args.prompt is not None:
-        return 0 if console.reply(args.prompt, remember=False) is not None else 2
-    for line in sys.stdin:
-        line = line.rstrip("\n").removesuffix("\r")
-        if not line.strip():
-            continue
-        if console.reply(line, remember=False) is None:
-            console.out.write("\n")  # keep one output line per input line
-            console.out.flush()
-    return 0

@@ -1,0 +1,184 @@
+"""The `chat.py` / `tinyllm-chat` program: its options, and which mode a run is in.
+
+    main(argv)             `python chat.py [MODEL] [--prompt ...]`: terminal, one-shot or pipe
+
+It loads the model, settles the sampling settings (the run's defaults, then the options) and
+hands the session to a ChatConsole; it owns the exit status and the process (threads, stream
+encodings, Ctrl-C, a closed pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tinyllm.artifacts import ArtifactError
+from tinyllm.console.commands import VALUE_PARSERS, CommandError
+from tinyllm.console.session import (
+    ChatConsole,
+    is_terminal,
+    model_summary,
+    settings_from_metadata,
+    setup_readline,
+)
+from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS
+
+DESCRIPTION = """\
+Talk to a trained model: each line you type is continued by the model, with the conversation
+so far as context."""
+
+EPILOG = """\
+MODEL is a run folder (its best/ is used), a best/ artifacts folder, or a Lightning .ckpt
+(read with weights_only=True). Without MODEL, the most recently written model under ./outputs/
+is used: the newest best/model.safetensors among outputs/runs/*/ and outputs/multiruns/*/*/
+(the folders train.py writes) by modification time, i.e. the best model of the latest run.
+Which model was loaded, its val loss and step are printed.
+
+Modes:
+  terminal   an interactive console: /help lists its commands (/temp, /topk, /topp, /max,
+             /seed, /stop, /settings, /reset, /load, /quit); Ctrl-C stops a reply, Ctrl-C at
+             an empty prompt or Ctrl-D leaves. History in ~/.tinyllm_history (set
+             TINYLLM_HISTORY to another file, or to nothing for none).
+  --prompt   prints one continuation of the prompt and exits.
+  pipe       `echo "JULIET:" | python chat.py MODEL`: each input line is continued on its own
+             (no conversation), one continuation per line, each ended by a newline; blank lines
+             are skipped; no prompts, banners or colour; notes go to stderr.
+
+Sampling defaults come from the run's console settings (training.console_*); the options
+override them. Prompts are continued as typed (no newline is added). Characters the model
+does not know are named and dropped.
+
+Exit status: 0 done; 2 no model at the path, a bad option, or nothing left of --prompt;
+130 interrupted (--prompt and pipe modes).
+"""
+
+
+def _option(command: str, name: str):
+    """An argparse type for option --`name` from `command`'s value parser: the same checks and
+    messages as the console."""
+    parse = VALUE_PARSERS[command]
+
+    def convert(text: str):
+        try:
+            return parse(text, f"--{name}")
+        except CommandError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to 1024")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat.py",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    # fmt: off
+    add("model", nargs="?", metavar="MODEL",
+        help="a run folder, its best/ folder or a .ckpt (default: the newest best model under "
+             "--outputs)")
+    add("--outputs", metavar="DIR",
+        help="where runs live (default: $TINYLLM_OUTPUTS, else outputs/), as paths.log_dir")
+    add("--prompt", "-p", metavar="TEXT", help="continue TEXT once, print it and exit")
+    add("--max-tokens", "-n", type=_option("max", "max-tokens"), metavar="N",
+        help=f"new characters per reply, 1 to {MAX_TOKENS}")
+    add("--temperature", "-t", type=_option("temp", "temperature"), metavar="X",
+        help=f"0 (greedy) to {MAX_TEMPERATURE:g}")
+    add("--top-k", "-k", type=_option("topk", "top-k"), metavar="K",
+        help="only the K most likely characters (0 or off: all)")
+    add("--top-p", type=_option("topp", "top-p"), metavar="P",
+        help="only the most likely characters holding P of the probability, 0 < P <= 1")
+    add("--seed", "-s", type=_option("seed", "seed"), metavar="N",
+        help="seed every reply: the same prompt and seed give the same text")
+    add("--stop", type=_option("stop", "stop"), metavar="TEXT",
+        help=r"end a reply when the model writes TEXT (not printed); \n, \t, \\ understood")
+    add("--threads", type=_threads, metavar="N",
+        help="CPU threads (default 1, or OMP_NUM_THREADS: one character at a time of a small "
+             "model is fastest on one thread, and far faster than several on a busy machine)")
+    # fmt: on
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python chat.py ...`; returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly, as command-line tools do
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from tinyllm.artifacts import load_model
+
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS", "0") or 0) or 1
+    torch.set_num_threads(threads)
+    for stream in (sys.stdin, sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")  # never die on an undecodable byte
+    interactive = args.prompt is None and is_terminal(sys.stdin)
+
+    try:
+        loaded = load_model(args.model, outputs_dir=args.outputs)
+    except (ArtifactError, OSError) as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"chat.py: error: {text}", file=sys.stderr)
+        return 2
+
+    settings, warning = settings_from_metadata(loaded.metadata)
+    chosen = {
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": args.stop,
+    }
+    settings = settings.updated(**{k: v for k, v in chosen.items() if v is not None})
+
+    if interactive:
+        console = ChatConsole(loaded, settings, interactive=True)
+        if warning:
+            console.say(warning, "yellow")
+        setup_readline()
+        return console.run()
+
+    console = ChatConsole(loaded, settings, messages=sys.stderr, interactive=False)
+    if warning:
+        console.say(warning)
+    if args.model is None:  # the model was chosen for the user: say which, on stderr
+        console.say(f"model: {model_summary(loaded)}")
+    if args.prompt is not None:
+        return 0 if console.reply(args.prompt, remember=False) is not None else 2
+    for line in sys.stdin:
+        line = line.rstrip("\n").removesuffix("\r")
+        if not line.strip():
+            continue
+        if console.reply(line, remember=False) is None:
+            console.out.write("\n")  # keep one output line per input line
+            console.out.flush()
+    return 0
