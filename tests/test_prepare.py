@@ -486,7 +486,12 @@ def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch
     assert "Traceback" not in chat.stderr and "dropped" not in chat.stderr  # nothing unknown
     assert chat.stdout.strip()
 
-    assert eval_main([str(run_dir), "--json"]) == 0
+    def must_not_read(self):
+        raise AssertionError("the run's own corpus is evaluated from its token cache")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CharDataModule, "load_text", must_not_read)
+        assert eval_main([str(run_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     corpus_bytes = json.loads(manifest.read_text())["num_tokens"]
     assert report["characters"] == int(corpus_bytes * 0.1)  # the validation split, in bytes
