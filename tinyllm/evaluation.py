@@ -32,7 +32,7 @@ from tinyllm.artifacts import ArtifactError, load_model
 from tinyllm.corpus import CorpusError
 from tinyllm.data import CharDataModule
 from tinyllm.model import Transformer
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.tokenizer import Tokenizer
 
 RUN_CONFIG = "config.yaml"
 SPLITS = ("val", "train", "all")
@@ -96,6 +96,12 @@ def data_settings(model_path: Path, overrides: list[str]) -> tuple[dict, bool]:
 
 def load_text(settings: dict) -> tuple[str, CharDataModule]:
     """The corpus, read and cleaned exactly as the training run's datamodule did."""
+    datamodule = make_datamodule(settings)
+    return datamodule.load_text(), datamodule
+
+
+def make_datamodule(settings: dict) -> CharDataModule:
+    """The training run's datamodule, from its data settings."""
     accepted = inspect.signature(CharDataModule.__init__).parameters
     unknown = sorted(k for k in settings if k not in accepted and k != "_target_")
     if unknown:
@@ -103,13 +109,31 @@ def load_text(settings: dict) -> tuple[str, CharDataModule]:
     kwargs = {k: v for k, v in settings.items() if k in accepted and k != "self"}
     kwargs.setdefault("val_split", 0.1)
     try:
-        datamodule = CharDataModule(**kwargs)
+        return CharDataModule(**kwargs)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
-    return datamodule.load_text(), datamodule
 
 
-def encode(text: str, tokenizer: CharacterTokenizer, skip_unknown: bool) -> tuple[list[int], int]:
+def corpus_ids(
+    datamodule: CharDataModule, tokenizer: Tokenizer, skip_unknown: bool, use_cache: bool
+) -> tuple[torch.Tensor, int]:
+    """The corpus's ids under the model's tokenizer, and how many characters were skipped.
+
+    The run's own corpus comes from its token cache (memory-mapped: a big corpus is never held
+    as text) when the model's tokenizer is the one the cache was prepared with; other text is
+    read and encoded whole, so characters the model never saw can be named or skipped.
+    """
+    if use_cache:
+        prepared = datamodule.prepare()
+        if prepared.tokenizer == tokenizer:
+            return torch.from_numpy(prepared.ids), 0
+    ids, skipped = encode(datamodule.load_text(), tokenizer, skip_unknown)
+    dtype = torch.uint8 if tokenizer.vocab_size <= 256 else torch.int32
+    return torch.tensor(ids, dtype=dtype), skipped
+
+
+def encode(text: str, tokenizer: Tokenizer, skip_unknown: bool) -> tuple[list[int], int]:
+    """Ids of `text`; a byte tokenizer knows every character, a character one may not."""
     unknown = tokenizer.unknown_characters(text)
     if unknown and not skip_unknown:
         shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
@@ -176,10 +200,9 @@ def evaluate(
     split = split or ("all" if path_given else "val")
     if split not in SPLITS:
         raise EvaluationError(f"split must be one of {SPLITS}, got {split!r}")
-    text, datamodule = load_text(settings)
-    ids, skipped = encode(text, loaded.tokenizer, skip_unknown)
-    dtype = torch.uint8 if loaded.tokenizer.vocab_size <= 256 else torch.int32
-    part = split_ids(torch.tensor(ids, dtype=dtype), datamodule.val_split, split)
+    datamodule = make_datamodule(settings)
+    ids, skipped = corpus_ids(datamodule, loaded.tokenizer, skip_unknown, not path_given)
+    part = split_ids(ids, datamodule.val_split, split)
     context = loaded.model.config.context_length
     loss, predicted, windows = evaluate_ids(loaded.model, part, context, batch_size, device)
     return EvalResult(

@@ -11,14 +11,17 @@ a newer format than this tinyllm reads is refused (a newer tinyllm made it and s
 
 Preparation streams: the text is read, cleaned and encoded a chunk at a time with numpy (a
 lookup table over code points), in two passes for characters (the vocabulary, then the ids) and
-one for bytes, so its memory does not grow with the corpus. The ids go to a temporary file
-renamed into place, and the manifest is written last and removed first, so a cache that a crash
-or a full disk interrupted is never taken for a complete one. A lock file keeps two processes
-(sweep jobs, DDP ranks) from preparing the same cache at once: the second waits, then maps it.
+one for bytes, so its memory does not grow with the corpus. With cleaning flags, the first pass
+keeps the cleaned text in a temporary file for the second, so the text is cleaned only once.
+The ids go to a temporary file renamed into place, and the manifest is written last and
+removed first, so a cache that a crash or a full disk interrupted is never taken for a complete
+one. A lock file keeps two processes (sweep jobs, DDP ranks) from preparing the same cache at
+once: the second waits, then maps it.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -264,8 +267,9 @@ class _ReadCounter:
     def __init__(self, progress: Progress | None, total: int):
         self.progress, self.total, self.done, self.phase = progress, total, 0, ""
 
-    def start(self, phase: str) -> Callable[[int], object]:
+    def start(self, phase: str, total: int | None = None) -> Callable[[int], object]:
         self.phase, self.done = phase, 0
+        self.total = self.total if total is None else total
         if self.progress is not None:
             self.progress(phase, 0, self.total)
         return self.add
@@ -287,6 +291,45 @@ def _prepare(
     """Encode the corpus; into `folder` (then returns the result unmapped) or into memory."""
     before = source_identity(files)
     counter = _ReadCounter(progress, sum(s["size"] for s in before))
+    # Cleaning costs more than encoding: the first pass keeps the cleaned text in a temporary
+    # file that the second pass reads, rather than cleaning everything twice.
+    cleaned: Path | None = None
+    if (
+        settings.tokenizer == "chars"
+        and folder is not None
+        and (settings.lowercase or settings.normalize_whitespace)
+    ):
+        cleaned = folder / f".cleaned.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    try:
+        return _prepare_passes(files, settings, folder, name, chunk_bytes, before, counter, cleaned)
+    finally:
+        if cleaned is not None:
+            with contextlib.suppress(OSError):
+                cleaned.unlink(missing_ok=True)
+
+
+def _read_utf8(path: Path, chunk_bytes: int, on_read: Callable[[int], object]) -> Iterator[str]:
+    """Text we wrote ourselves (the cleaned corpus): no checks, just decoding."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogatepass")
+    with open(path, "rb") as file:
+        while raw := file.read(chunk_bytes):
+            on_read(len(raw))
+            if text := decoder.decode(raw):
+                yield text
+    if tail := decoder.decode(b"", final=True):
+        yield tail
+
+
+def _prepare_passes(
+    files: list[Path],
+    settings: PrepareSettings,
+    folder: Path | None,
+    name: str,
+    chunk_bytes: int,
+    before: list[dict],
+    counter: _ReadCounter,
+    cleaned: Path | None,
+) -> PreparedCorpus:
     tokenizer: Tokenizer
     lookup: np.ndarray | None = None
     ascii_table: bytes | None = None
@@ -294,10 +337,21 @@ def _prepare(
     if settings.tokenizer == "chars":
         seen = np.zeros(_CODE_POINTS, dtype=bool)
         expected = 0
-        for chunk in _cleaned(files, settings, chunk_bytes, counter.start("vocabulary")):
-            codes = _code_points(chunk)
-            seen[codes] = True
-            expected += len(codes)
+        keep = open(cleaned, "xb") if cleaned is not None else None  # noqa: SIM115 - closed below
+        try:
+            for chunk in _cleaned(files, settings, chunk_bytes, counter.start("vocabulary")):
+                codes = _code_points(chunk)
+                seen[codes] = True
+                expected += len(codes)
+                if keep is not None:
+                    keep.write(chunk.encode("utf-8", errors="surrogatepass"))
+        except OSError as err:  # reading errors are CorpusErrors already: this is the disk
+            raise _write_error(folder, err) from None
+        finally:
+            if keep is not None:
+                keep.close()
+        if cleaned is not None and source_identity(files) != before:
+            raise _changed(name)
         vocab_codes = np.flatnonzero(seen)
         tokenizer = CharacterTokenizer([chr(c) for c in vocab_codes.tolist()])
         dtype = _dtype_for(tokenizer.vocab_size)
@@ -312,7 +366,12 @@ def _prepare(
         dtype = np.dtype(np.uint8)
 
     def encoded() -> Iterator[np.ndarray]:
-        for chunk in _cleaned(files, settings, chunk_bytes, counter.start("encoding")):
+        if cleaned is None:
+            chunks = _cleaned(files, settings, chunk_bytes, counter.start("encoding"))
+        else:
+            on_read = counter.start("encoding", cleaned.stat().st_size)
+            chunks = _read_utf8(cleaned, chunk_bytes, on_read)
+        for chunk in chunks:
             if lookup is None:
                 yield np.frombuffer(chunk.encode("utf-8", errors="replace"), dtype=np.uint8)
             elif ascii_table is not None and chunk.isascii():
