@@ -111,27 +111,17 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# the classic flags and the eval.yaml keys they set (store_true flags set `true`)
-_EVAL_FLAGS = {
-    "--split": "split",
-    "--batch-size": "batch_size",
-    "--device": "device",
-    "--output": "output",
-    "--json": "json",
-    "--skip-unknown": "skip_unknown",
-}
-
-
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def eval_overrides(args: list[str]) -> list[str]:
-    """`MODEL [KEY=VALUE ...] [--flags]` -> Hydra overrides of eval.yaml, in the order given:
-    MODEL -> `model_path=MODEL`, `--json` -> `json=true`, `--split train` -> `split=train`, ...
-    KEY=VALUE arguments (`data.path=x.txt`, `split=train`) pass unchanged; values from the
-    positional and the flags are quoted, so any path is taken as it is."""
+    """`MODEL [KEY=VALUE ...] [--flags]` -> Hydra overrides of eval.yaml: MODEL ->
+    `model_path=MODEL`, then the KEY=VALUE arguments unchanged (`data.path=x.txt`, `split=train`),
+    then the flags (`--json` -> `json=true`, `--split train` -> `split=train`; the last of two
+    values for a key wins). The positional's and the flags' values are quoted: any path is taken
+    as it is (but an argument with `=` is an override: `model_path='a=b'`)."""
     parser = _OneLineParser(
         prog="eval.py",
         description="Loss, bits per character and perplexity of a saved model. Settings are "
@@ -154,12 +144,9 @@ def eval_overrides(args: list[str]) -> list[str]:
         parser.error(f"one model at a time, got {len(models)}: {' '.join(models)}")
     overrides = [f"model_path={_quoted(m)}" for m in models]
     overrides += [a for a in parsed.args if "=" in a]
-    for flag, key in _EVAL_FLAGS.items():
-        value = getattr(parsed, flag.lstrip("-").replace("-", "_"))
-        if value is True:
-            overrides.append(f"{key}=true")
-        elif value not in (None, False):
-            overrides.append(f"{key}={_quoted(value)}")
+    for key, value in vars(parsed).items():  # each flag's dest is its eval.yaml key
+        if key != "args" and value not in (None, False):
+            overrides.append(f"{key}=true" if value is True else f"{key}={_quoted(value)}")
     return overrides
 
 
