@@ -15,7 +15,8 @@ from conftest import ROOT
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from tinyllm.evaluation import EvaluationError, evaluate, evaluate_ids, main
+from tinyllm.cli import eval_overrides
+from tinyllm.evaluation import EvaluationError, eval_config, evaluate, evaluate_ids, main
 from tinyllm.model import ModelConfig, Transformer
 
 
@@ -104,3 +105,70 @@ def test_every_character_is_scored_once():
     assert loss == pytest.approx(float(sum(expected)) / 29, rel=1e-5)
     with pytest.raises(EvaluationError):
         evaluate_ids(model, ids[:1], context=8)
+
+
+# --- the Hydra app (tinyllm/configs/eval.yaml) -------------------------------------------------
+
+
+def test_hydra_form_gives_the_classic_report_and_writes_nothing_else(trained_run, tmp_path):
+    """`model_path=... split=... json=true output=...` from another folder: the same numbers as
+    the classic flags, and no run folder, .hydra/ or log file (the compose API)."""
+    classic = evaluate(trained_run, split="train")
+    # data.cache_dir=null: prepared in memory, so the folder must stay exactly as it was
+    result = run_eval(f"model_path={trained_run}", "split=train", "json=true", "output=eval.json",
+                      "data.cache_dir=null", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report == json.loads((tmp_path / "eval.json").read_text(encoding="utf-8"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval.json"]
+    assert report["split"] == "train" and report["characters"] == classic.characters
+    assert report["loss"] == pytest.approx(classic.loss, rel=1e-6)
+
+
+def test_training_overrides_reach_the_run_data(trained_run):
+    """`training.val_split=` changes the split as it did in training (data reads it); data.KEY=
+    given explicitly wins even when it equals the packaged default."""
+    total = evaluate(trained_run, split="all").characters
+    half = evaluate(trained_run, ["training.val_split=0.5"])
+    assert half.split == "val" and half.characters == int(total * 0.5)
+    cfg = eval_config(["data.val_split=0.1", "data.lowercase=false"], model_path=str(trained_run))
+    assert cfg.data.val_split == 0.1 and cfg.data.lowercase is False
+    assert cfg.data.path == str(OmegaConf.load(trained_run / "config.yaml").data.path)
+
+
+def test_argv_translation_keeps_any_path_exact(tmp_path):
+    model = str(tmp_path / "odd, run's \\ [folder]\\")  # a comma, a quote, brackets, backslashes
+    argv = [model, "--json", "--split=train", "data.path=x.txt", "--batch-size", "8",
+            "--skip-unknown", "--device", "cpu"]  # fmt: skip
+    overrides = eval_overrides(argv)
+    cfg = eval_config(overrides)
+    assert cfg.model_path == model and cfg.data.path == "x.txt"
+    assert (cfg.json, cfg.split, cfg.batch_size, cfg.skip_unknown, cfg.device) == (
+        True, "train", 8, True, "cpu")  # fmt: skip
+    assert eval_overrides(["model_path=m", "json=true"]) == ["model_path=m", "json=true"]
+
+
+def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x")
+    cases = [
+        ([f"model_path={trained_run}", "batch_size=abc"], "batch_size"),
+        ([f"model_path={trained_run}", "batch_size=0"], "batch_size must be >= 1"),
+        ([f"model_path={trained_run}", "split=test"], "split must be one of val, train, all"),
+        ([f"model_path={trained_run}", "json=maybe"], "json"),
+        ([f"model_path={trained_run}", "data.nope=1"], "data.nope"),
+        ([f"model_path={trained_run}", "model.n_layer=2"], "only data.KEY=VALUE"),
+        ([f"model_path={trained_run}", "data.path=a,b"], "quote the value"),
+        ([f"model_path={trained_run}", f"output={tmp_path}/a-file/eval.json"], "cannot write"),
+        ([], "give the model to evaluate"),
+        ([str(trained_run), str(trained_run)], "one model at a time"),
+        ([str(trained_run), "--bogus"], "unrecognized arguments: --bogus"),
+    ]
+    for argv, expected in cases:
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse's own errors
+            code = e.code
+        err = capsys.readouterr().err.strip()
+        assert code == 2, argv
+        assert expected in err and err.startswith("error: "), (argv, err)
+        assert "\n" not in err and "Traceback" not in err, (argv, err)

@@ -2,7 +2,7 @@
 
     tinyllm-train [overrides]      as `python train.py`, configs read from the installed package
     tinyllm-chat [model]           as `python chat.py`
-    tinyllm-eval MODEL [...]       as `python eval.py`
+    tinyllm-eval MODEL [...]       as `python eval.py` (a Hydra app: tinyllm/configs/eval.yaml)
     tinyllm-export MODEL OUT_DIR   as `python -m tinyllm.export` (a transformers folder)
     tinyllm-serve [model] [...]    the HTTP API and chat page (tinyllm/serve; the serve extra)
     tinyllm-prepare [overrides]    encode a corpus into its token cache ahead of training
@@ -21,8 +21,10 @@ with a traceback). Both read where runs live from the composed config (`paths.lo
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -89,11 +91,70 @@ def chat_main() -> None:
     sys.exit(main())
 
 
-def eval_main() -> None:
-    """`tinyllm-eval`: loss, bits per character and perplexity of a saved model."""
-    from tinyllm.evaluation import main
+# --- tinyllm-eval / eval.py ----------------------------------------------------------------------
 
-    sys.exit(main())
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """`tinyllm-eval` and `python eval.py`: loss, bits per character and perplexity of a saved
+    model. eval.yaml composed with Hydra's compose API rather than `@hydra.main`: evaluation
+    only reads, so it gets no run folder, `.hydra/` or log file to suppress, and every bad input
+    (Hydra's own errors too) is one `error:` line and exit 2, not Hydra's exit 1."""
+    from tinyllm.evaluation import EvaluationError, eval_config, evaluate_config, report
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        cfg = eval_config(eval_overrides(sys.argv[1:] if argv is None else argv))
+        report(evaluate_config(cfg), cfg)
+    except (EvaluationError, ArtifactError, CorpusError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def eval_overrides(args: list[str]) -> list[str]:
+    """`MODEL [KEY=VALUE ...] [--flags]` -> Hydra overrides of eval.yaml: MODEL ->
+    `model_path=MODEL`, then the KEY=VALUE arguments unchanged (`data.path=x.txt`, `split=train`),
+    then the flags (`--json` -> `json=true`, `--split train` -> `split=train`; the last of two
+    values for a key wins). The positional's and the flags' values are quoted: any path is taken
+    as it is (but an argument with `=` is an override: `model_path='a=b'`)."""
+    parser = _OneLineParser(
+        prog="eval.py",
+        description="Loss, bits per character and perplexity of a saved model. Settings are "
+        "tinyllm/configs/eval.yaml, composed by Hydra: KEY=VALUE overrides (model_path=, "
+        "split=, json=, data.path=, ...) or the positional MODEL and the flags below.",
+        epilog="e.g. eval.py outputs/runs/<time> data.path=other.txt --json",
+    )
+    parser.add_argument("args", nargs="*", metavar="MODEL | KEY=VALUE",
+                        help="a run folder, its best/ or a .ckpt; data.KEY=VALUE, ...")  # fmt: skip
+    parser.add_argument("--split", help="val (default for the run's data), train, or all "
+                        "(default with data.path=FILE)")  # fmt: skip
+    parser.add_argument("--batch-size", help="windows per forward pass (64)")
+    parser.add_argument("--skip-unknown", action="store_true", help="drop unknown characters")
+    parser.add_argument("--device", help="cpu, cuda, ... (auto: cuda if any)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    parser.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
+    parsed = parser.parse_intermixed_args(args)
+    models = [a for a in parsed.args if "=" not in a]
+    if len(models) > 1:
+        parser.error(f"one model at a time, got {len(models)}: {' '.join(models)}")
+    overrides = [f"model_path={_quoted(m)}" for m in models]
+    overrides += [a for a in parsed.args if "=" in a]
+    for key, value in vars(parsed).items():  # each flag's dest is its eval.yaml key
+        if key != "args" and value not in (None, False):
+            overrides.append(f"{key}=true" if value is True else f"{key}={_quoted(value)}")
+    return overrides
+
+
+def _quoted(value: str) -> str:
+    """A Hydra override value that is `value` exactly: single-quoted, with its quotes (and the
+    backslashes before a quote or the end, the only ones the grammar reads) escaped."""
+    escaped = re.sub(r"(\\*)('|$)", lambda m: m[1] * 2 + ("\\'" if m[2] else ""), value)
+    return f"'{escaped}'"
 
 
 def serve_main() -> None:

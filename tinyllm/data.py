@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tinyllm.corpus import CorpusError, clean_chunks, corpus_files, iter_corpus_text
-from tinyllm.prepare import CHUNK_BYTES, PrepareSettings, Progress, prepare_corpus
+from tinyllm.prepare import CHUNK_BYTES, PreparedCorpus, PrepareSettings, Progress, prepare_corpus
 from tinyllm.shakespeare import load_shakespeare
 from tinyllm.tokenizer import (
     CharacterTokenizer,
@@ -253,13 +253,8 @@ class CharDataModule(L.LightningDataModule):
                 f"{self.max_context} with val_split={self.val_split} needs at least {needed:,}: "
                 f"use a longer text or lower training.max_context"
             )
-        if self.tokenizer is None:
-            self.tokenizer = prepared.tokenizer
-        elif self.tokenizer != prepared.tokenizer:
-            ids = _reencode(ids, prepared.tokenizer, self.tokenizer)
-        n_val = int(len(ids) * self.val_split)
-        ids = torch.from_numpy(ids)
-        self.train_ids, self.val_ids = ids[: len(ids) - n_val], ids[len(ids) - n_val :]
+        ids = torch.from_numpy(self.encoded(prepared))
+        self.train_ids, self.val_ids = self.split(ids)
         log.info(
             "corpus %s: %s tokens (%s tokenizer), vocabulary %d, %s train / %s val tokens%s",
             self.source,
@@ -270,6 +265,21 @@ class CharDataModule(L.LightningDataModule):
             f"{len(self.val_ids):,}",
             f", memory-mapped from {prepared.folder}" if prepared.folder else "",
         )
+
+    def encoded(self, prepared: PreparedCorpus, drop_unknown: bool = False) -> np.ndarray:
+        """The prepared ids in `self.tokenizer`'s vocabulary (a checkpoint's or a model's, set
+        before), or in the corpus's own, which then becomes `self.tokenizer`. Characters outside
+        that vocabulary raise UnknownCharactersError, or with `drop_unknown` are left out."""
+        if self.tokenizer is None:
+            self.tokenizer = prepared.tokenizer
+        elif self.tokenizer != prepared.tokenizer:
+            return _reencode(prepared.ids, prepared.tokenizer, self.tokenizer, drop_unknown)
+        return prepared.ids
+
+    def split(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training range and the validation range after it: the last `val_split` of ids."""
+        n_val = int(len(ids) * self.val_split)
+        return ids[: len(ids) - n_val], ids[len(ids) - n_val :]
 
     def min_characters(self) -> int:
         """Shortest text for which both splits hold at least one full window."""
@@ -320,16 +330,22 @@ class CharDataModule(L.LightningDataModule):
                 )
 
 
-def _reencode(ids: np.ndarray, fitted: Tokenizer, wanted: Tokenizer) -> np.ndarray:
-    """Ids of the fitted character vocabulary as ids of another one (a checkpoint's)."""
+def _reencode(
+    ids: np.ndarray, fitted: Tokenizer, wanted: Tokenizer, drop_unknown: bool = False
+) -> np.ndarray:
+    """Ids of the fitted character vocabulary as ids of another one (a checkpoint's, a model's);
+    with `drop_unknown`, the ids of characters `wanted` lacks are left out."""
     if not (isinstance(fitted, CharacterTokenizer) and isinstance(wanted, CharacterTokenizer)):
         raise ValueError(
             f"the corpus was prepared with the {fitted.kind} tokenizer but the model uses the "
             f"{wanted.kind} tokenizer: set data.tokenizer={wanted.kind}"
         )
     unknown = [c for c in fitted.vocab if c not in wanted._ids]
-    if unknown:
+    if unknown and not drop_unknown:
         raise UnknownCharactersError(unknown)
-    remap = np.array([wanted._ids[c] for c in fitted.vocab], dtype=np.int64)
+    if unknown:
+        known = np.array([c in wanted._ids for c in fitted.vocab])
+        ids = ids[known[ids]]
+    remap = np.array([wanted._ids.get(c, 0) for c in fitted.vocab], dtype=np.int64)
     dtype = np.uint8 if wanted.vocab_size <= 256 else np.int32
     return remap[ids].astype(dtype)

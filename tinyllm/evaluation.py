@@ -1,38 +1,40 @@
 """Loss, bits per character and perplexity of a saved model on a run's validation split or a file.
 
-    python eval.py MODEL                          # the run's validation split
-    python eval.py MODEL data.path=other.txt      # a whole text file (cleaned as in the run)
-    python eval.py MODEL --json                   # JSON on stdout instead of the table
+    python eval.py MODEL                                 # the run's validation split
+    python eval.py model_path=MODEL data.path=other.txt  # a whole file (cleaned as in the run)
+    python eval.py MODEL --json                          # JSON on stdout instead of the table
 
+The settings are tinyllm/configs/eval.yaml, composed by Hydra with the overrides training takes
+(`data.KEY=VALUE`, ...); tinyllm/cli.py turns the positional MODEL and the --flags into them.
 MODEL is a run folder, its best/ folder or a .ckpt file (see `tinyllm.artifacts.load_model`).
-The data settings (corpus, cleaning, validation split) come from the run's config.yaml, found
-next to best/ (or the checkpoints/ folder); `data.KEY=VALUE` arguments override them. Every
-character of the split is scored: non-overlapping windows of the model's context length, each
-predicting its next characters, batched, without gradients. The loss is the mean over all
-predicted characters (the training's `val/loss` averages a capped number of windows instead, so
-the two can differ slightly).
+The text is the run's data settings (its config.yaml, found next to best/ or checkpoints/) with
+what the overrides change, read, cleaned, encoded and split by the run's datamodule
+(`CharDataModule`, which maps the token cache), in the model's vocabulary. Every character of
+the split is scored: non-overlapping windows of the model's context length, each predicting its
+next characters, batched, without gradients. The loss is the mean over all predicted characters
+(the training's `val/loss` averages a capped number of windows instead, so the two can differ
+slightly).
 """
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import math
-import sys
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tinyllm.artifacts import ArtifactError, load_model
-from tinyllm.corpus import CorpusError
+from tinyllm.artifacts import load_model
 from tinyllm.data import CharDataModule
+from tinyllm.io import write_atomic
 from tinyllm.model import Transformer
-from tinyllm.tokenizer import Tokenizer
+from tinyllm.tokenizer import Tokenizer, UnknownCharactersError
 
 RUN_CONFIG = "config.yaml"
 SPLITS = ("val", "train", "all")
@@ -40,6 +42,19 @@ SPLITS = ("val", "train", "all")
 
 class EvaluationError(ValueError):
     """The evaluation cannot run; the message says what to change."""
+
+
+@dataclass
+class EvalSettings:
+    """eval.yaml's own keys, type-checked by OmegaConf (`batch_size=abc` stops with the key)."""
+
+    model_path: str = MISSING
+    split: str | None = None
+    batch_size: int = 64
+    skip_unknown: bool = False
+    device: str = "auto"
+    json: bool = False
+    output: str | None = None
 
 
 @dataclass
@@ -67,93 +82,150 @@ def find_run_config(model_path: Path) -> Path | None:
     return None
 
 
-def data_settings(model_path: Path, overrides: list[str]) -> tuple[dict, bool]:
-    """The run's data settings with `data.KEY=VALUE` overrides; and whether data.path was given."""
-    config_path = find_run_config(model_path)
-    base: DictConfig = OmegaConf.create({"data": {}})
-    if config_path is not None:
-        run = OmegaConf.load(config_path)
-        base = OmegaConf.create({"data": OmegaConf.to_container(run.get("data") or {})})
-    bad = [o for o in overrides if not o.startswith("data.") or "=" not in o]
-    if bad:
-        raise EvaluationError(
-            f"unknown argument {bad[0]!r}: only data.KEY=VALUE overrides are accepted "
-            "(e.g. data.path=my.txt data.lowercase=true)"
-        )
+# --- the config ----------------------------------------------------------------------------------
+
+
+def eval_config(overrides: Sequence[str] = (), **settings: object) -> DictConfig:
+    """eval.yaml composed with `overrides`, as `python eval.py OVERRIDES` sees it.
+
+    `settings` (model_path=..., split=...) are set after composing, values as they are (the
+    Python API: no override grammar to quote for). In the result, `data` is resolved: the
+    model's run data (its config.yaml) with every data value the overrides change, or the
+    composed data when the model has no run; `split` is filled in; `run_config` names the file.
+    Hydra's compose API: no run folder, no log file, nothing written.
+    """
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    overrides = list(overrides)
     try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(overrides))
-    except OmegaConfBaseException as e:
-        raise EvaluationError(f"invalid override: {str(e).splitlines()[0]}") from None
-    settings = OmegaConf.to_container(merged.data, resolve=False)
-    path_given = any(o.startswith("data.path=") for o in overrides)
-    if config_path is None and not path_given:
+        keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
+        with initialize_config_module("tinyllm.configs", version_base="1.3"):
+            defaults = compose("eval")
+            _check_keys(overrides, keys, defaults)
+            cfg = compose("eval", overrides=overrides)
+        given = OmegaConf.masked_copy(cfg, [f.name for f in fields(EvalSettings)])
+        own = OmegaConf.merge(OmegaConf.structured(EvalSettings), given, settings)
+        composed = OmegaConf.to_container(cfg.data, resolve=True)
+        default_data = OmegaConf.to_container(defaults.data, resolve=True)
+    except (HydraException, OmegaConfBaseException) as e:
+        raise EvaluationError(_one_line(e)) from None
+    if OmegaConf.is_missing(own, "model_path"):
         raise EvaluationError(
-            f"no {RUN_CONFIG} found next to {model_path}: pass the text to evaluate on with "
-            "data.path=FILE"
+            "give the model to evaluate: eval.py MODEL (or model_path=MODEL), a run folder, its "
+            "best/ folder or a .ckpt file"
         )
-    return settings, path_given
+    if own.split is not None and own.split not in SPLITS:
+        raise EvaluationError(
+            f"split must be one of {', '.join(SPLITS)}, got {own.split!r} (e.g. split=train)"
+        )
+    if own.batch_size < 1:
+        raise EvaluationError(f"batch_size must be >= 1, got {own.batch_size} (e.g. batch_size=64)")
+    path_given = "data.path" in keys
+    if own.split is None:
+        own.split = "all" if path_given else "val"
+    run_config = find_run_config(Path(own.model_path).expanduser())
+    data = composed
+    if run_config is not None:
+        changed = {
+            key: value
+            for key, value in composed.items()
+            if f"data.{key}" in keys or default_data.get(key) != value
+        }
+        data = {**_run_data(run_config), **changed}
+    return OmegaConf.create(
+        {
+            **OmegaConf.to_container(own),
+            "data": data,
+            "run_config": None if run_config is None else str(run_config),
+        }
+    )
 
 
-def load_text(settings: dict) -> tuple[str, CharDataModule]:
-    """The corpus, read and cleaned exactly as the training run's datamodule did."""
-    datamodule = make_datamodule(settings)
-    return datamodule.load_text(), datamodule
+def _check_keys(overrides: list[str], keys: list[str], defaults: DictConfig) -> None:
+    """Overrides name eval.yaml's keys (Hydra would also take `+trainer.x=1`, unused here)."""
+    roots = {*defaults.keys(), "hydra"}  # keys(): `in` is False for ??? (model_path)
+    for override, key in zip(overrides, keys, strict=True):
+        if key.split(".")[0].split("@")[0] not in roots:
+            own = ", ".join(f"{f.name}=" for f in fields(EvalSettings))
+            raise EvaluationError(
+                f"unknown argument {override!r}: eval.py takes its own settings ({own}) and "
+                "only data.KEY=VALUE overrides (e.g. data.path=my.txt data.lowercase=true; "
+                "also training.val_split=, paths.KEY=)"
+            )
 
 
-def make_datamodule(settings: dict) -> CharDataModule:
-    """The training run's datamodule, from its data settings."""
+def _one_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = [line.strip() for line in str(error.__cause__ or "").splitlines() if line.strip()]
+    text = lines[0] if lines else type(error).__name__
+    if getattr(error, "full_key", None):  # OmegaConf's type errors name the key only below
+        text = f"{error.full_key}: {text}"
+    if "quote the value" in str(error):  # Hydra's "Ambiguous value" of a value with a comma
+        text += " (quote the value: key='a,b')"
+    return f"{text} ({cause[0]})" if cause else text
+
+
+def _run_data(run_config: Path) -> dict:
+    """The data settings a run was trained with (its resolved config.yaml)."""
+    try:
+        run = OmegaConf.load(run_config)
+        data = run.get("data") if isinstance(run, DictConfig) else None
+        return OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else {}
+    except (OSError, ValueError, OmegaConfBaseException) as e:
+        raise EvaluationError(
+            f"{run_config} cannot be read ({_one_line(e)}): give the text with data.path=FILE"
+        ) from None
+
+
+# --- the ids, through the datamodule -------------------------------------------------------------
+
+
+def datamodule_for(data: dict, tokenizer: Tokenizer) -> CharDataModule:
+    """The run's datamodule for these settings, encoding in the model's vocabulary.
+
+    Built directly rather than by `instantiate`: a run folder is not trusted to name the class
+    (`_target_`) that runs."""
     accepted = inspect.signature(CharDataModule.__init__).parameters
-    unknown = sorted(k for k in settings if k not in accepted and k != "_target_")
+    unknown = sorted(k for k in data if k not in accepted and k != "_target_")
     if unknown:
         raise EvaluationError(f"unknown data setting data.{unknown[0]}")
-    kwargs = {k: v for k, v in settings.items() if k in accepted and k != "self"}
-    kwargs.setdefault("val_split", 0.1)
+    kwargs = {k: v for k, v in data.items() if k in accepted and k != "self"}
+    kwargs["tokenizer"] = tokenizer.kind  # the model's ids, whatever the run's data said
     try:
-        return CharDataModule(**kwargs)
+        datamodule = CharDataModule(**kwargs)
     except ValueError as e:
         raise EvaluationError(str(e)) from None
+    datamodule.tokenizer = tokenizer
+    return datamodule
 
 
-def corpus_ids(
-    datamodule: CharDataModule, tokenizer: Tokenizer, skip_unknown: bool, use_cache: bool
-) -> tuple[torch.Tensor, int]:
-    """The corpus's ids under the model's tokenizer, and how many characters were skipped.
-
-    The run's own corpus comes from its token cache (memory-mapped: a big corpus is never held
-    as text) when the model's tokenizer is the one the cache was prepared with; other text is
-    read and encoded whole, so characters the model never saw can be named or skipped.
-    """
-    if use_cache:
-        prepared = datamodule.prepare()
-        if prepared.tokenizer == tokenizer:
-            return torch.from_numpy(prepared.ids), 0
-    ids, skipped = encode(datamodule.load_text(), tokenizer, skip_unknown)
-    dtype = torch.uint8 if tokenizer.vocab_size <= 256 else torch.int32
-    return torch.tensor(ids, dtype=dtype), skipped
-
-
-def encode(text: str, tokenizer: Tokenizer, skip_unknown: bool) -> tuple[list[int], int]:
-    """Ids of `text`; a byte tokenizer knows every character, a character one may not."""
-    unknown = tokenizer.unknown_characters(text)
-    if unknown and not skip_unknown:
+def split_ids(cfg: DictConfig, tokenizer: Tokenizer) -> tuple[torch.Tensor, int, CharDataModule]:
+    """The ids of `cfg.split` of `cfg.data` in `tokenizer`'s vocabulary; how many ids were left
+    out as unknown (`cfg.skip_unknown`); and the datamodule that read, encoded and split them."""
+    if cfg.run_config is None and cfg.data.get("path") is None:
+        raise EvaluationError(
+            f"no {RUN_CONFIG} found next to {cfg.model_path}: pass the text to evaluate on with "
+            "data.path=FILE"
+        )
+    datamodule = datamodule_for(OmegaConf.to_container(cfg.data), tokenizer)
+    prepared = datamodule.prepare()
+    try:
+        ids = torch.from_numpy(datamodule.encoded(prepared, drop_unknown=cfg.skip_unknown))
+    except UnknownCharactersError as e:
+        unknown = e.characters
         shown = ", ".join(repr(c) for c in unknown[:20]) + (" ..." if len(unknown) > 20 else "")
         raise EvaluationError(
             f"the text has {len(unknown)} character(s) outside the model's vocabulary: {shown}; "
-            "pass --skip-unknown to drop them"
-        )
-    if unknown:
-        dropped = set(unknown)
-        kept = "".join(c for c in text if c not in dropped)
-        return tokenizer.encode(kept), len(text) - len(kept)
-    return tokenizer.encode(text), 0
+            "pass --skip-unknown (skip_unknown=true) to drop them"
+        ) from None
+    train, val = datamodule.split(ids)
+    part = {"all": ids, "train": train, "val": val}[cfg.split]
+    return part, len(prepared.ids) - len(ids), datamodule
 
 
-def split_ids(ids: torch.Tensor, val_split: float, split: str) -> torch.Tensor:
-    """The same contiguous split as CharDataModule.setup: validation is the last `val_split`."""
-    if split == "all":
-        return ids
-    n_val = int(len(ids) * val_split)
-    return ids[len(ids) - n_val :] if split == "val" else ids[: len(ids) - n_val]
+# --- scoring -------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -175,7 +247,7 @@ def evaluate_ids(
         groups.append([starts[-1]])  # the shorter tail window
     total, count = 0.0, 0
     for group in groups:
-        batch = torch.stack([ids[s : s + context + 1] for s in group]).long().to(device)
+        batch = torch.stack([ids[s : s + context + 1].long() for s in group]).to(device)
         logits = model(batch[:, :-1])
         nll = F.cross_entropy(
             logits.reshape(-1, logits.size(-1)).float(), batch[:, 1:].reshape(-1), reduction="sum"
@@ -185,30 +257,20 @@ def evaluate_ids(
     return total / count, count, len(starts)
 
 
-def evaluate(
-    model_path: str | Path,
-    overrides: list[str] = (),
-    split: str | None = None,
-    batch_size: int = 64,
-    skip_unknown: bool = False,
-    device: str = "cpu",
-) -> EvalResult:
-    """Evaluate a saved model; `split` defaults to val (run data) or all (data.path=FILE)."""
-    model_path = Path(model_path).expanduser()
+def evaluate_config(cfg: DictConfig) -> EvalResult:
+    """Evaluate the model an `eval_config` names on its split."""
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_path = Path(cfg.model_path).expanduser()
     loaded = load_model(model_path, device=device)
-    settings, path_given = data_settings(model_path, list(overrides))
-    split = split or ("all" if path_given else "val")
-    if split not in SPLITS:
-        raise EvaluationError(f"split must be one of {SPLITS}, got {split!r}")
-    datamodule = make_datamodule(settings)
-    ids, skipped = corpus_ids(datamodule, loaded.tokenizer, skip_unknown, not path_given)
-    part = split_ids(ids, datamodule.val_split, split)
+    part, skipped, datamodule = split_ids(cfg, loaded.tokenizer)
     context = loaded.model.config.context_length
-    loss, predicted, windows = evaluate_ids(loaded.model, part, context, batch_size, device)
+    loss, predicted, windows = evaluate_ids(loaded.model, part, context, cfg.batch_size, device)
     return EvalResult(
         model=str(loaded.path or model_path),
         data=datamodule.source,
-        split=split,
+        split=cfg.split,
         characters=len(part),
         predicted=predicted,
         windows=windows,
@@ -218,6 +280,42 @@ def evaluate(
         perplexity=math.exp(loss),
         skipped_characters=skipped,
     )
+
+
+def evaluate(
+    model_path: str | Path,
+    overrides: Sequence[str] = (),
+    split: str | None = None,
+    batch_size: int | None = None,
+    skip_unknown: bool | None = None,
+    device: str = "cpu",
+) -> EvalResult:
+    """Evaluate a saved model (the Python API of `eval.py MODEL OVERRIDES`); `split` defaults to
+    val (the run's data) or all (data.path=FILE)."""
+    given = {"split": split, "batch_size": batch_size, "skip_unknown": skip_unknown}
+    settings = {k: v for k, v in given.items() if v is not None}
+    cfg = eval_config(overrides, model_path=str(model_path), device=device, **settings)
+    return evaluate_config(cfg)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+def report(result: EvalResult, cfg: DictConfig) -> None:
+    """Print the result (a table, or JSON with `json`) and write the JSON to `output`."""
+    data = json.dumps(asdict(result), indent=2, ensure_ascii=False)
+    if cfg.output:
+        output = Path(cfg.output).expanduser()
+        try:
+            write_atomic(output, (data + "\n").encode("utf-8"))
+        except OSError as e:
+            raise EvaluationError(
+                f"cannot write {output} ({e.strerror or e}): set output= to a writable file"
+            ) from None
+    if cfg.json:
+        print(data)
+    else:
+        print_table(result)
 
 
 def print_table(result: EvalResult) -> None:
@@ -240,44 +338,7 @@ def print_table(result: EvalResult) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="eval.py",
-        description="Loss, bits per character and perplexity of a saved model.",
-        epilog="Data overrides: data.path=FILE, data.lowercase=true, data.val_split=0.2, ...",
-    )
-    parser.add_argument("model", help="run folder, its best/ folder, or a .ckpt file")
-    parser.add_argument("overrides", nargs="*", help="data.KEY=VALUE (default: the run's data)")
-    parser.add_argument(
-        "--split", choices=SPLITS, help="val (default for the run's data), train, or all "
-        "(default with data.path=FILE)",
-    )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
-    parser.add_argument("--skip-unknown", action="store_true", help="drop unknown characters")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, ... (auto: cuda if any)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
-    parser.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
-    args = parser.parse_args(argv)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.batch_size < 1:
-        parser.error("--batch-size must be >= 1")
-    try:
-        result = evaluate(
-            args.model, args.overrides, args.split, args.batch_size, args.skip_unknown, device
-        )
-    except (EvaluationError, ArtifactError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    data = json.dumps(asdict(result), indent=2, ensure_ascii=False)
-    if args.output:
-        Path(args.output).write_text(data + "\n", encoding="utf-8")
-    if args.json:
-        print(data)
-    else:
-        print_table(result)
-    return 0
+    """`eval.py ARGS` in-process (the command line is handled by tinyllm.cli.eval_main)."""
+    from tinyllm.cli import eval_main
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return eval_main(argv)

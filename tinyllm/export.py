@@ -738,15 +738,13 @@ def representative_text(tokenizer: CharacterTokenizer, length: int = 2048) -> st
 def validation_text(model_path: Path, tokenizer: CharacterTokenizer) -> tuple[str, str] | None:
     """The run's validation split, read and cleaned as the run did; None when not at hand."""
     try:
-        from tinyllm.evaluation import data_settings, load_text, split_ids
+        from tinyllm.evaluation import eval_config, split_ids
 
-        settings, _ = data_settings(model_path, [])
-        text, datamodule = load_text(settings)
-        n_val = len(split_ids(torch.arange(len(text)), datamodule.val_split, "val"))
+        ids, _, datamodule = split_ids(eval_config(model_path=str(model_path)), tokenizer)
     except Exception:  # noqa: BLE001 - no run config or corpus at hand: use another text
         return None
-    part = text[len(text) - n_val :]
-    if not part or tokenizer.unknown_characters(part):
+    part = tokenizer.decode(ids.tolist())
+    if not part:
         return None
     return part, f"the run's validation split ({datamodule.source})"
 
