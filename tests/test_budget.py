@@ -60,7 +60,7 @@ def _assert_validated_at_end(run: Path, score: float | None) -> None:
 
 def test_slow_run_plans_its_steps_into_the_budget(tmp_path, corpus_file, caplog):
     run = tmp_path / "run"
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="tinyllm"):
         score = _train(
             run, corpus_file, "training.time_budget=8s", "trainer.max_steps=100000",
             "training.warmup_steps=5", f"+callbacks.delay._target_={__name__}.Delay",
@@ -79,7 +79,7 @@ def test_slow_run_plans_its_steps_into_the_budget(tmp_path, corpus_file, caplog)
 
 def test_fast_run_keeps_its_steps_and_its_schedule(tmp_path, corpus_file, caplog):
     run = tmp_path / "run"
-    with caplog.at_level("INFO"):
+    with caplog.at_level("INFO", logger="tinyllm"):
         _train(run, corpus_file, "training.time_budget=10m", "trainer.max_steps=30")
     assert any("all 30 steps fit" in r.message for r in caplog.records)
     assert _last_step(run) == 30

@@ -191,7 +191,8 @@ class LanguageModel(L.LightningModule):
         hp = self.hparams
         optimizer = build_optimizer(self.model, hp)
         if self.lr_plan is None:  # not restored from a checkpoint
-            self.lr_plan = self.plan_learning_rate(self.trainer.estimated_stepping_batches)
+            fixed = self.hparams.lr_decay_steps  # a fixed horizon needs no trainer to plan
+            self.lr_plan = self.plan_learning_rate(fixed or self.trainer.estimated_stepping_batches)
             self.lr_plan.planned_for = self._max_steps()
         # a function, not the plan object: LambdaLR would pickle an object's attributes
         scheduler = torch.optim.lr_scheduler.LambdaLR(
