@@ -77,6 +77,7 @@ def test_switches_quick(corpus_file):
     assert all(finite(r["tokens_per_s"]) for r in results["precision"].values())
 
 
+@pytest.mark.slow
 def test_memory_and_report_quick(corpus_file, tmp_path):
     """The driver, as the README runs it, on the memory benchmark (a real train.py subprocess)."""
     out = tmp_path / "RESULTS.md"

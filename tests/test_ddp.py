@@ -29,6 +29,7 @@ def files(run_dir: Path) -> set[str]:
     return names
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path, corpus_file, trained_run):
     run_dir = tmp_path / "ddp"
     result = run_train(
@@ -98,6 +99,7 @@ def test_each_rank_trains_on_different_windows(corpus_file, epoch):
     assert set(window_offsets(datamodule, 1, epoch + 1)) != set(rank1)
 
 
+@pytest.mark.slow
 def test_resumed_ddp_run_equals_uninterrupted_run(tmp_path, corpus_file):
     """Under DDP Lightning wraps the training sampler; resuming mid-epoch must still continue
     each rank's data where it stopped. Dropout on: every rank is seeded alike and draws alike,

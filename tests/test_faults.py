@@ -33,6 +33,7 @@ def load_ckpt(path: Path) -> dict:
 # --- SIGINT / SIGTERM ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_checkpoint_and_artifacts_then_exits(tmp_path, corpus_file, signum, code):
     run = tmp_path / "run"
@@ -67,6 +68,7 @@ def test_signal_saves_checkpoint_and_artifacts_then_exits(tmp_path, corpus_file,
     assert f"training interrupted by {name} at step {last['global_step']}" in output
     loaded = load_model(run / "best")  # the best there is: the weights at the interrupt
     assert loaded.metadata["step"] == last["global_step"]
+    assert loaded.metadata["val_loss"] is not None  # chosen by a validation at the stop
     assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written leftovers
 
 

@@ -56,6 +56,7 @@ def test_configs_live_in_the_package_and_configs_links_there():
     assert (ROOT / "tinyllm" / "configs" / "train.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_console_scripts_train_eval_and_chat_from_another_folder(tmp_path, corpus_file):
     help_text = command("tinyllm-train", "--help", cwd=tmp_path)
     assert help_text.returncode == 0, help_text.stderr

@@ -453,6 +453,7 @@ def test_prepare_corpus_without_a_cache_folder_is_in_memory(tmp_path):
 # --- end to end: prepare -> train -> chat -> eval with the byte tokenizer ----------------------
 
 
+@pytest.mark.slow
 def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch, capsys):
     """tinyllm-prepare and eval run in-process (the functions their commands call); training
     and chat as a user runs them."""

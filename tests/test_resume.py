@@ -129,6 +129,7 @@ def _scalar_steps(event_file: Path, tag: str) -> list[int]:
     return [e.step for e in read_events(event_file).Scalars(tag)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_true(tmp_path, corpus_file):
     steps = 150
     overrides = [*without(TINY_OVERRIDES, "trainer.max_steps"), f"trainer.max_steps={steps}",

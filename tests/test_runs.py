@@ -19,6 +19,7 @@ from tinyllm.tokenizer import CharacterTokenizer
 from tinyllm.training import train
 
 
+@pytest.mark.slow
 def test_a_moved_log_dir_is_used_by_train_resume_and_chat(tmp_path, corpus_file):
     scratch = tmp_path / "scratch"
     env = {"TINYLLM_OUTPUTS": str(scratch)}
@@ -41,6 +42,7 @@ def test_a_moved_log_dir_is_used_by_train_resume_and_chat(tmp_path, corpus_file)
     assert f"model: {run / 'best'}" in chat.stderr
 
 
+@pytest.mark.slow
 def test_two_runs_started_at_once_get_two_consistent_folders(tmp_path):
     corpora = []
     for n, alphabet in enumerate(("abc xyz\n", "mnop qrs\n")):

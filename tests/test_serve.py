@@ -481,6 +481,7 @@ def browser():
     driver.quit()
 
 
+@pytest.mark.slow
 def test_the_page_streams_a_continuation_and_stop_aborts_it(server, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

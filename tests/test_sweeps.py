@@ -32,6 +32,7 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_grid_sweep_writes_a_summary_best_first(tmp_path, corpus_file):
     sweep = tmp_path / "sweep"
     result = run_train(
@@ -151,6 +152,7 @@ def test_single_runs_write_no_result_file(tmp_path):
     assert not (tmp_path / RESULT_FILE).exists()
 
 
+@pytest.mark.slow
 def test_optuna_search_two_trials(tmp_path, corpus_file):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     sweep = tmp_path / "search"
