@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
 
 from benchmarks import data_pipeline, generation, memory, overhead, switches, utilisation
 from benchmarks.common import machine, markdown_table
+from tinyllm.io import write_marked_section
 
 BENCHMARKS = ("overhead", "generation", "data", "utilisation", "memory", "switches")
 BEGIN, END = "<!-- generated: begin -->", "<!-- generated: end -->"
@@ -244,14 +245,7 @@ def render(results: dict) -> str:
 
 
 def write_report(out: Path, body: str) -> None:
-    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    out.write_text(text)
+    write_marked_section(out, "generated", body)
 
 
 def main(argv=None) -> None:

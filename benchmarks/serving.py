@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from tinyllm.io import write_marked_section
 from tinyllm.sweep import markdown_table
 
 BEGIN, END = "<!-- serving: begin -->", "<!-- serving: end -->"
@@ -191,15 +192,7 @@ def render(results: dict, about: dict) -> str:
 
 
 def write_section(out: Path, body: str) -> None:
-    """Replace this benchmark's section of RESULTS.md (outside run.py's generated block)."""
-    text = out.read_text() if out.exists() else "# Benchmark results\n\n"
-    block = f"{BEGIN}\n{body}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    out.write_text(text)
+    write_marked_section(out, "serving", body)
 
 
 def main(argv=None) -> None:

@@ -47,3 +47,18 @@ def write_atomic_with(path: Path, write: Callable[[Path], object]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_marked_section(path: Path, marker: str, body: str) -> None:
+    """Put `body` between `<!-- marker: begin -->` and `<!-- marker: end -->` in a Markdown file
+    (appended when the markers are not there yet), leaving the rest of the file as it is."""
+    path = Path(path)
+    begin, end = f"<!-- {marker}: begin -->", f"<!-- {marker}: end -->"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n\n"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    write_atomic(path, text.encode("utf-8"))

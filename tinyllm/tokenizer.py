@@ -24,6 +24,17 @@ FORMAT = "tinyllm.char_tokenizer"
 VERSION = 1
 
 
+def _check_state(state: object, expected_format: str, version: int, what: str) -> None:
+    """A saved tokenizer state of the expected kind and a version this tinyllm reads."""
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        raise ValueError(f"not a tinyllm {what} state (expected format {expected_format!r})")
+    if state.get("version") != version:
+        raise ValueError(
+            f"{what} state version {state.get('version')!r} is not supported "
+            f"(this tinyllm reads version {version})"
+        )
+
+
 class UnknownCharactersError(ValueError):
     """Text holds characters the tokenizer was never fitted on."""
 
@@ -95,13 +106,7 @@ class CharacterTokenizer:
 
     @classmethod
     def from_state_dict(cls, state: object) -> CharacterTokenizer:
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ValueError(f"not a tinyllm tokenizer state (expected format {FORMAT!r})")
-        if state.get("version") != VERSION:
-            raise ValueError(
-                f"tokenizer state version {state.get('version')!r} is not supported "
-                f"(this tinyllm reads version {VERSION})"
-            )
+        _check_state(state, FORMAT, VERSION, "tokenizer")
         vocab = state.get("vocab")
         if not isinstance(vocab, list) or not vocab:
             raise ValueError("tokenizer state has no vocabulary")
@@ -188,13 +193,7 @@ class ByteTokenizer:
 
     @classmethod
     def from_state_dict(cls, state: object) -> ByteTokenizer:
-        if not isinstance(state, dict) or state.get("format") != BYTE_FORMAT:
-            raise ValueError(f"not a tinyllm byte tokenizer state (expected {BYTE_FORMAT!r})")
-        if state.get("version") != BYTE_VERSION:
-            raise ValueError(
-                f"byte tokenizer state version {state.get('version')!r} is not supported "
-                f"(this tinyllm reads version {BYTE_VERSION})"
-            )
+        _check_state(state, BYTE_FORMAT, BYTE_VERSION, "byte tokenizer")
         return cls()
 
     def save_state(self, path: str | Path) -> None:
