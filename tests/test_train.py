@@ -225,21 +225,3 @@ def test_resume_from_last_checkpoint(tmp_path, corpus_file, trained_run):
     resumed = load_model(run_dir / "checkpoints" / "last.ckpt")
     assert resumed.metadata["step"] == 40  # continued from step 30, not from scratch
     assert resumed.tokenizer.vocab == load_model(trained_run).tokenizer.vocab
-
-
-@pytest.mark.slow
-def test_compiled_training_learns_as_eager_and_saves_plain_weights(tmp_path, corpus_file):
-    """`model.compile=true`: the training forward runs through torch.compile (a few steps, for
-    real); the result matches eager training and best/ holds the plain Transformer's keys."""
-    scores = {}
-    for name, extra in (("eager", []), ("compiled", ["model.compile=true"])):
-        cfg = tiny_config(
-            tmp_path / name, corpus_file, "logger=none", "trainer.max_steps=6", *extra
-        )
-        scores[name] = train(cfg)
-    assert math.isfinite(scores["compiled"])
-    assert scores["compiled"] == pytest.approx(scores["eager"], abs=1e-2)
-    eager = load_file(tmp_path / "eager" / "best" / "model.safetensors")
-    compiled = load_file(tmp_path / "compiled" / "best" / "model.safetensors")
-    assert compiled.keys() == eager.keys()
-    assert load_model(tmp_path / "compiled" / "best").metadata["val_loss"] == scores["compiled"]
