@@ -10,6 +10,7 @@ windows are fixed, so every validation loss is measured on exactly the same text
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tinyllm.corpus import CorpusError, clean_chunks, corpus_files, iter_corpus_text
-from tinyllm.prepare import CHUNK_BYTES, PreparedCorpus, PrepareSettings, Progress, prepare_corpus
+from tinyllm.prepare import (
+    CHUNK_BYTES,
+    IDS_FILE,
+    PreparedCorpus,
+    PrepareSettings,
+    Progress,
+    prepare_corpus,
+)
 from tinyllm.shakespeare import load_shakespeare
 from tinyllm.tokenizer import (
     CharacterTokenizer,
@@ -82,20 +90,53 @@ class ResumableDataLoader(DataLoader):
         log.info("resuming the data at batch %d of epoch %d", batches, epoch)
 
 
-class WindowDataset(Dataset):
-    """Item `i` is the window starting at token `i`: inputs ids[i:i+T], targets ids[i+1:i+T+1]."""
+class TokenFile:
+    """Windows read from the token cache's ids.bin with `pread`, `first` ids into the file.
 
-    def __init__(self, ids: torch.Tensor, context: int):
+    Slicing the memory map would map the page cache's large folios (up to 2 MB) around every
+    random window, so a run's resident memory grew with each batch of a big corpus; a read
+    copies just the window. Pickles as a path (DataLoader workers open the file themselves)."""
+
+    def __init__(self, path: Path, dtype: np.dtype, first: int):
+        self.path, self.dtype, self.first = Path(path), np.dtype(dtype), first
+        self._fd: int | None = None
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        size = self.dtype.itemsize
+        data = os.pread(self._fd, count * size, (self.first + start) * size)
+        return np.frombuffer(data, dtype=self.dtype)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+
+
+class WindowDataset(Dataset):
+    """Item `i` is the window starting at token `i`: inputs ids[i:i+T], targets ids[i+1:i+T+1].
+
+    With `source`, the window's ids are read from the token cache's file instead of `ids`
+    (the same values: `ids` is the memory map of that file)."""
+
+    def __init__(self, ids: torch.Tensor, context: int, source: TokenFile | None = None):
         if len(ids) < context + 1:
             raise ValueError(f"need at least {context + 1} tokens for one window, got {len(ids)}")
         self.ids = ids
         self.context = context
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.ids) - self.context
 
     def __getitem__(self, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk = self.ids[start : start + self.context + 1].long()
+        if self.source is not None:
+            chunk = torch.from_numpy(self.source.read(start, self.context + 1).astype(np.int64))
+        else:
+            chunk = self.ids[start : start + self.context + 1].long()
         return chunk[:-1], chunk[1:]
 
 
@@ -185,6 +226,7 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_ids: torch.Tensor | None = None
         self.val_ids: torch.Tensor | None = None
+        self._ids_file: tuple[Path, np.dtype] | None = None  # windows read from here when set
 
     @property
     def source(self) -> str:
@@ -253,7 +295,10 @@ class CharDataModule(L.LightningDataModule):
                 f"{self.max_context} with val_split={self.val_split} needs at least {needed:,}: "
                 f"use a longer text or lower training.max_context"
             )
-        ids = torch.from_numpy(self.encoded(prepared))
+        encoded = self.encoded(prepared)
+        if prepared.folder is not None and encoded is prepared.ids:  # the cache, as it is
+            self._ids_file = (prepared.folder / IDS_FILE, encoded.dtype)
+        ids = torch.from_numpy(encoded)
         self.train_ids, self.val_ids = self.split(ids)
         log.info(
             "corpus %s: %s tokens (%s tokenizer), vocabulary %d, %s train / %s val tokens%s",
@@ -265,6 +310,9 @@ class CharDataModule(L.LightningDataModule):
             f"{len(self.val_ids):,}",
             f", memory-mapped from {prepared.folder}" if prepared.folder else "",
         )
+
+    def _source(self, first: int) -> TokenFile | None:
+        return TokenFile(*self._ids_file, first) if self._ids_file is not None else None
 
     def encoded(self, prepared: PreparedCorpus, drop_unknown: bool = False) -> np.ndarray:
         """The prepared ids in `self.tokenizer`'s vocabulary (a checkpoint's or a model's, set
@@ -287,7 +335,7 @@ class CharDataModule(L.LightningDataModule):
         return max(int(window / self.val_split), int(window / (1 - self.val_split))) + 2
 
     def train_dataloader(self) -> DataLoader:
-        dataset = WindowDataset(self.train_ids, self.max_context)
+        dataset = WindowDataset(self.train_ids, self.max_context, self._source(0))
         num_samples = self.train_windows_per_epoch or max(
             self.batch_size, len(self.train_ids) // self.max_context
         )
@@ -303,7 +351,7 @@ class CharDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        dataset = WindowDataset(self.val_ids, self.max_context)
+        dataset = WindowDataset(self.val_ids, self.max_context, self._source(len(self.train_ids)))
         offsets = evenly_spaced_offsets(len(self.val_ids), self.max_context, self.max_val_windows)
         return DataLoader(
             torch.utils.data.Subset(dataset, offsets),
