@@ -95,25 +95,28 @@ class TokenFile:
 
     Slicing the memory map would map the page cache's large folios (up to 2 MB) around every
     random window, so a run's resident memory grew with each batch of a big corpus; a read
-    copies just the window. Pickles as a path (DataLoader workers open the file themselves)."""
+    copies just the window. The file is opened when the cache is mapped (it stays readable as
+    the map does, even if the cache is replaced meanwhile); a DataLoader worker that receives
+    a pickled copy opens it again by path."""
 
-    def __init__(self, path: Path, dtype: np.dtype, first: int):
+    def __init__(self, path: Path, dtype: np.dtype, first: int = 0, fd: int | None = None):
         self.path, self.dtype, self.first = Path(path), np.dtype(dtype), first
-        self._fd: int | None = None
+        self._fd = os.open(self.path, os.O_RDONLY) if fd is None else fd
+
+    def at(self, first: int) -> TokenFile:
+        """The same file, read from `first` ids on (the validation split, say)."""
+        return TokenFile(self.path, self.dtype, first, self._fd)
 
     def read(self, start: int, count: int) -> np.ndarray:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
         size = self.dtype.itemsize
         data = os.pread(self._fd, count * size, (self.first + start) * size)
         return np.frombuffer(data, dtype=self.dtype)
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_fd": None}
+        return {"path": self.path, "dtype": self.dtype, "first": self.first}
 
-    def __del__(self) -> None:
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
 
 class WindowDataset(Dataset):
@@ -226,7 +229,7 @@ class CharDataModule(L.LightningDataModule):
         self.tokenizer: Tokenizer | None = None
         self.train_ids: torch.Tensor | None = None
         self.val_ids: torch.Tensor | None = None
-        self._ids_file: tuple[Path, np.dtype] | None = None  # windows read from here when set
+        self._ids_file: TokenFile | None = None  # windows are read from it when set
 
     @property
     def source(self) -> str:
@@ -297,7 +300,7 @@ class CharDataModule(L.LightningDataModule):
             )
         encoded = self.encoded(prepared)
         if prepared.folder is not None and encoded is prepared.ids:  # the cache, as it is
-            self._ids_file = (prepared.folder / IDS_FILE, encoded.dtype)
+            self._ids_file = TokenFile(prepared.folder / IDS_FILE, encoded.dtype)
         ids = torch.from_numpy(encoded)
         self.train_ids, self.val_ids = self.split(ids)
         log.info(
@@ -312,7 +315,7 @@ class CharDataModule(L.LightningDataModule):
         )
 
     def _source(self, first: int) -> TokenFile | None:
-        return TokenFile(*self._ids_file, first) if self._ids_file is not None else None
+        return self._ids_file.at(first) if self._ids_file is not None else None
 
     def encoded(self, prepared: PreparedCorpus, drop_unknown: bool = False) -> np.ndarray:
         """The prepared ids in `self.tokenizer`'s vocabulary (a checkpoint's or a model's, set
