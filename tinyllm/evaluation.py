@@ -34,9 +34,9 @@ from tinyllm.artifacts import load_model
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import Transformer
+from tinyllm.runs import RUN_CONFIG, find_run_config
 from tinyllm.tokenizer import Tokenizer, UnknownCharactersError
 
-RUN_CONFIG = "config.yaml"
 SPLITS = ("val", "train", "all")
 
 
@@ -70,16 +70,6 @@ class EvalResult:
     bpc: float
     perplexity: float
     skipped_characters: int = 0
-
-
-def find_run_config(model_path: Path) -> Path | None:
-    """The config.yaml of the run a model came from (run folder, best/ or checkpoints/x.ckpt)."""
-    model_path = Path(model_path).resolve()
-    folder = model_path.parent if model_path.is_file() else model_path
-    for candidate in (folder, folder.parent):
-        if (candidate / RUN_CONFIG).is_file():
-            return (candidate / RUN_CONFIG).resolve()
-    return None
 
 
 # --- the config ----------------------------------------------------------------------------------

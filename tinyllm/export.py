@@ -44,12 +44,12 @@ from safetensors.torch import save
 
 from tinyllm.artifacts import ArtifactError, LoadedModel, load_model
 from tinyllm.model import ModelConfig, Transformer
+from tinyllm.runs import find_run_config
 from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
 
 TOLERANCE = 1e-4  # max |logit difference| allowed in fp32
 GREEDY_CHARACTERS = 200
 ROTARY_BASE = 10000.0  # model.rotary_tables
-RUN_CONFIG = "config.yaml"
 # the run's console defaults when its metadata has none (training/default.yaml)
 CONSOLE_DEFAULTS = {"max_tokens": 500, "temperature": 0.8, "top_k": 0}
 
@@ -345,19 +345,16 @@ def tokenizer_files(tokenizer: object, context_length: int) -> dict[str, dict]:
 
 def read_run_config(model_path: Path) -> dict:
     """The run's resolved config.yaml (next to best/ or checkpoints/), or {} if there is none."""
-    model_path = Path(model_path).resolve()
-    folder = model_path.parent if model_path.is_file() else model_path
-    for candidate in (folder, folder.parent):
-        path = candidate / RUN_CONFIG
-        if path.is_file():
-            from omegaconf import OmegaConf
+    path = find_run_config(model_path)
+    if path is None:
+        return {}
+    from omegaconf import OmegaConf
 
-            try:
-                data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-            except Exception:  # noqa: BLE001 - a damaged run config only costs the card details
-                return {}
-            return data if isinstance(data, dict) else {}
-    return {}
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # noqa: BLE001 - a damaged run config only costs the card details
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def console_defaults(metadata: dict, run_config: dict) -> dict:

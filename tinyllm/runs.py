@@ -14,6 +14,7 @@ from pathlib import Path
 
 OUTPUTS_ENV = "TINYLLM_OUTPUTS"
 LOCK_FILE = ".lock"
+RUN_CONFIG = "config.yaml"  # the resolved config train.py writes into each run folder
 
 
 class RunFolderError(ValueError):
@@ -43,6 +44,16 @@ def newest_with(log_dir: str | Path, relative: str) -> Path | None:
         if (folder / relative).is_file() and not (folder / relative).is_symlink()
     ]
     return max(found, key=lambda f: (f / relative).stat().st_mtime) if found else None
+
+
+def find_run_config(model_path: str | Path) -> Path | None:
+    """The config.yaml of the run a model came from (run folder, best/ or checkpoints/x.ckpt)."""
+    model_path = Path(model_path).resolve()
+    folder = model_path.parent if model_path.is_file() else model_path
+    for candidate in (folder, folder.parent):
+        if (candidate / RUN_CONFIG).is_file():
+            return (candidate / RUN_CONFIG).resolve()
+    return None
 
 
 # --- a folder of its own for every run ------------------------------------------------------
