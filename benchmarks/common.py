@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
-from tinyllm.module import build_optimizer
+from tinyllm.optimizers import build_optimizer
 from tinyllm.sweep import markdown_table  # noqa: F401  (the benchmarks' table writer)
 from tinyllm.training import build_data_and_module, build_trainer, route_lightning_logs_to_root
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.model import ModelConfig
+from tinyllm.optimizers import OPTIMIZER_IMPLS, OPTIMIZERS
 from tinyllm.runs import default_log_dir, unique_folder
 
 
@@ -102,6 +103,10 @@ class TrainingConfig:
     # speed switches (benchmarks/RESULTS.md): optimizer kernels, CPU threads (null: torch's)
     optimizer_impl: str = "auto"
     num_threads: int | None = None
+    # optimizer=muon: Muon's rate as a multiple of learning_rate, its momentum, Newton-Schulz steps
+    muon_lr_scale: float = 1.0
+    muon_momentum: float = 0.95
+    muon_ns_steps: int = 5
     # wall-clock training budget (seconds or "10m"; null: steps only): tinyllm.callbacks.TimeBudget
     time_budget: Any = None
 
@@ -130,8 +135,17 @@ class TrainingConfig:
             raise ConfigError(
                 f"training.console_top_k must be >= 0 (0 = off), got {self.console_top_k}"
             )
-        if self.optimizer not in ("adam", "adamw"):
-            raise ConfigError(f"training.optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(
+                f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
+        if not self.muon_lr_scale > 0 or not 0.0 <= self.muon_momentum < 1.0:
+            raise ConfigError(
+                "training.muon_lr_scale must be > 0 and training.muon_momentum in [0, 1), got "
+                f"{self.muon_lr_scale} and {self.muon_momentum}"
+            )
+        if not 1 <= self.muon_ns_steps <= 20:
+            raise ConfigError(f"training.muon_ns_steps must be in 1..20, got {self.muon_ns_steps}")
         if self.weight_decay < 0:
             raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -140,9 +154,9 @@ class TrainingConfig:
             raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ConfigError(f"training.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.optimizer_impl not in ("auto", "foreach", "fused", "loop"):
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
             raise ConfigError(
-                "training.optimizer_impl must be auto, foreach, fused or loop, "
+                f"training.optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, "
                 f"got {self.optimizer_impl!r}"
             )
         parse_duration(self.time_budget)

@@ -59,8 +59,11 @@ MAPPED_FIELDS = {
     "vocab_size", "context_length", "n_layer", "n_head", "n_embd", "bias", "positional",
     "tie_weights",
 }  # fmt: skip
-# training-only: dropout is off at inference, so it changes nothing the exported model computes
-TRAINING_ONLY_FIELDS = {"dropout", "attn_dropout"}
+# training-only: dropout is off at inference and zero_init changes only the initial weights, so
+# neither changes what the exported model computes
+TRAINING_ONLY_FIELDS = {"dropout", "attn_dropout", "zero_init"}
+# options this exporter maps only at their default (GPT-2 / GPT-NeoX) values so far
+DEFAULT_ONLY_FIELDS = {"norm": "layernorm", "mlp": "gelu", "qk_norm": False}
 
 
 class ExportError(ValueError):
@@ -73,6 +76,8 @@ class ExportError(ValueError):
 def refuse_unmapped(config: ModelConfig) -> None:
     """Refuse a model with an option no stock transformers architecture here expresses exactly."""
     for f in fields(config):
+        if DEFAULT_ONLY_FIELDS.get(f.name, object()) == getattr(config, f.name):
+            continue
         if f.name not in MAPPED_FIELDS | TRAINING_ONLY_FIELDS:
             raise ExportError(
                 f"model.{f.name}={getattr(config, f.name)!r} has no exact counterpart in the "

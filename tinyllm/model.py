@@ -21,6 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 POSITIONAL_ENCODINGS = ("learned", "sinusoidal", "rotary")
+NORMS = ("layernorm", "rmsnorm")
+# gelu: GELU(x W1) W2 (GPT-2); relu2: ReLU(x W1)^2 W2 (Primer, modded-nanogpt); swiglu:
+# (SiLU(x Wg) * x Wu) W2 (Llama), with a hidden width of 8/3 n_embd so it has gelu's parameters
+MLPS = ("gelu", "relu2", "swiglu")
 # rotary positions: the (cos, sin) rows of the positions in the current input
 Rope = tuple[torch.Tensor, torch.Tensor]
 
@@ -38,6 +42,14 @@ class ModelConfig:
     bias: bool = True
     positional: str = "learned"
     tie_weights: bool = False
+    norm: str = "layernorm"
+    mlp: str = "gelu"
+    # RMS-normalise each head's queries and keys before attention (Qwen3, OLMo-2): bounded
+    # attention logits, so higher learning rates stay stable
+    qk_norm: bool = False
+    # start the residual projections (attention and MLP outputs) and the output head at zero:
+    # every block begins as the identity (modded-nanogpt); only the initial weights differ
+    zero_init: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "n_layer", "n_head", "n_embd"):
@@ -55,6 +67,10 @@ class ModelConfig:
             raise ValueError(
                 f"model.positional must be one of {POSITIONAL_ENCODINGS}, got {self.positional!r}"
             )
+        if self.norm not in NORMS:
+            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.mlp not in MLPS:
+            raise ValueError(f"model.mlp must be one of {MLPS}, got {self.mlp!r}")
         if self.positional == "rotary" and self.head_dim % 2:
             raise ValueError(
                 "model.positional=rotary needs an even head size, "
@@ -64,6 +80,14 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    @property
+    def mlp_hidden(self) -> int:
+        """Width of the MLP's hidden layer: 4 n_embd, or 8/3 n_embd (to a multiple of 8) when
+        gated, so that the three matrices of SwiGLU hold as many weights as GELU's two."""
+        if self.mlp == "swiglu":
+            return (8 * self.n_embd // 3 + 7) // 8 * 8
+        return 4 * self.n_embd
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,6 +177,25 @@ class SlotKVCache:
         return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
 
 
+RMS_NORM_EPS = 1e-6
+
+
+class RMSNorm(nn.RMSNorm):
+    """torch's RMSNorm with its weight cast to the input's dtype: under bf16 autocast a float32
+    weight would make torch skip its fused kernel (2x slower on a CPU)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+
+
+def make_norm(config: ModelConfig, width: int | None = None) -> nn.Module:
+    """The model's normalisation layer over `width` features (default n_embd)."""
+    width = width or config.n_embd
+    if config.norm == "rmsnorm":  # no mean subtraction, no bias: x / rms(x) * weight
+        return RMSNorm(width, eps=RMS_NORM_EPS)
+    return nn.LayerNorm(width, bias=config.bias)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -161,6 +204,11 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = config.dropout if config.attn_dropout else 0.0
         self.resid_dropout = nn.Dropout(config.dropout)
+        if config.qk_norm:  # one weight of head_dim, shared by the heads (as Qwen3)
+            self.q_norm = RMSNorm(config.head_dim, eps=RMS_NORM_EPS)
+            self.k_norm = RMSNorm(config.head_dim, eps=RMS_NORM_EPS)
+        else:
+            self.q_norm = self.k_norm = None
 
     def forward(
         self,
@@ -173,6 +221,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, H, T, D)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         dropout = self.dropout if self.training else 0.0
@@ -198,20 +248,31 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.kind, hidden = config.mlp, config.mlp_hidden
+        # swiglu: `fc` computes the gate and the up projection together, (C) -> (2 * hidden)
+        inner = 2 * hidden if config.mlp == "swiglu" else hidden
+        self.fc = nn.Linear(config.n_embd, inner, bias=config.bias)
+        self.proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
+        h = self.fc(x)
+        if self.kind == "swiglu":
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            h = F.gelu(h)
+        return self.dropout(self.proj(h))
 
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln1 = make_norm(config)
         self.attn = CausalSelfAttention(config)
-        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln2 = make_norm(config)
         self.mlp = MLP(config)
 
     def forward(
@@ -266,7 +327,7 @@ class Transformer(nn.Module):
             self.register_buffer("rotary_sin", sin, persistent=False)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_weights:
             self.lm_head.weight = self.token_embedding.weight
@@ -276,6 +337,13 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.zero_init:
+            head = [] if config.tie_weights else [self.lm_head.weight]
+            for name, p in self.named_parameters():
+                if name.endswith("proj.weight"):
+                    nn.init.zeros_(p)
+            for p in head:
+                nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

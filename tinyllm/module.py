@@ -11,10 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm.model import ModelConfig, Transformer
-
-OPTIMIZERS = ("adam", "adamw")
-# auto: torch's default; foreach: multi-tensor kernels; fused: one fused kernel; loop: per tensor
-OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "loop")
+from tinyllm.optimizers import OPTIMIZER_IMPLS, OPTIMIZERS, build_optimizer
 
 
 @dataclass
@@ -69,22 +66,6 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
     return LRPlan(warmup_steps, decay_steps, min_lr_ratio).multiplier(step)
 
 
-def build_optimizer(model: torch.nn.Module, hp) -> torch.optim.Optimizer:
-    """Adam or AdamW as the module's hyper-parameters say (shared with the benchmarks' plain loop,
-    so that both sides of the overhead comparison step the same optimizer)."""
-    # weight decay shrinks matrices (embeddings, linear weights), never biases or norms
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizer_cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-    impl = hp.get("optimizer_impl", "auto")
-    kwargs = {"foreach": {"foreach": True}, "fused": {"fused": True}}.get(impl, {})
-    kwargs = {"foreach": False} if impl == "loop" else kwargs
-    return optimizer_cls(groups, lr=hp.learning_rate, betas=tuple(hp.betas), **kwargs)
-
-
 class LanguageModel(L.LightningModule):
     def __init__(
         self,
@@ -98,6 +79,9 @@ class LanguageModel(L.LightningModule):
         min_lr_ratio: float = 0.1,
         optimizer_impl: str = "auto",
         compile: bool = False,
+        muon_lr_scale: float = 1.0,
+        muon_momentum: float = 0.95,
+        muon_ns_steps: int = 5,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -119,6 +103,9 @@ class LanguageModel(L.LightningModule):
                 "min_lr_ratio": min_lr_ratio,
                 "optimizer_impl": optimizer_impl,
                 "compile": compile,
+                "muon_lr_scale": muon_lr_scale,
+                "muon_momentum": muon_momentum,
+                "muon_ns_steps": muon_ns_steps,
             }
         )
         self.config = ModelConfig.from_dict(dict(model_config))
