@@ -1,30 +1,41 @@
 """Validation loss against training time, from the TensorBoard event files of runs.
 
     python -m benchmarks.plot outputs/bench/final/*/0 --out benchmarks/val_loss_vs_time.png
+    python -m benchmarks.plot outputs/bench/final/*/0 --nanogpt outputs/bench/nanogpt/curve.json
 
 Time zero is the event file's first event (the logger starts with the fit); each point is a
-`val/loss` event at its wall time. Needs matplotlib (a benchmark-only extra).
+`val/loss` event at its wall time. --nanogpt adds curve files written by benchmarks/nanogpt.py
+(timed from the launch of nanoGPT's train.py; its val loss is an estimate over a few random
+batches, which the label says). Needs matplotlib (a benchmark-only extra).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 
-def val_curve(run_dir: str | Path, tag: str = "val/loss") -> tuple[list[float], list[float]]:
-    """(seconds since the run's first event, value) of every `tag` event under `run_dir`."""
+def val_curve(
+    run_dir: str | Path, tag: str = "val/loss", start: float | None = None
+) -> tuple[list[float], list[float]]:
+    """(seconds since the run's first event, value) of every `tag` event under `run_dir`.
+
+    `start` (epoch seconds, e.g. the process launch) replaces the first event as time zero, for
+    comparisons with runs timed from their launch (benchmarks/nanogpt.py).
+    """
     times, values = [], []
     for events in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if tag not in acc.Tags().get("scalars", []):
             continue
-        start = acc.FirstEventTimestamp()
+        zero = acc.FirstEventTimestamp() if start is None else start
         for event in acc.Scalars(tag):
-            times.append(event.wall_time - start)
+            times.append(event.wall_time - zero)
             values.append(event.value)
     return times, values
 
@@ -38,7 +49,22 @@ def label_of(run_dir: Path) -> str:
     return run_dir.name
 
 
-def plot(run_dirs: list[str], out: str, target: float | None = 1.5, title: str = "") -> dict:
+def nanogpt_curve(path: str | Path) -> tuple[str, list[float], list[float]]:
+    """(label, seconds, val loss) of a benchmarks/nanogpt.py curve file."""
+    result = json.loads(Path(path).read_text())
+    device = str(result.get("device") or "?").upper()
+    label = f"nanoGPT {device} recipe ({result.get('eval_iters')}-batch estimate)"
+    curve = result["curve"]
+    return label, [p["seconds"] for p in curve], [p["val_loss"] for p in curve]
+
+
+def plot(
+    run_dirs: list[str],
+    out: str,
+    target: float | None = 1.5,
+    title: str = "",
+    nanogpt: Sequence[str] = (),
+) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,17 +72,19 @@ def plot(run_dirs: list[str], out: str, target: float | None = 1.5, title: str =
 
     fig, ax = plt.subplots(figsize=(8, 5))
     finals = {}
-    for run_dir in run_dirs:
-        times, values = val_curve(run_dir)
+    curves = [(label_of(Path(d)), *val_curve(d)) for d in run_dirs]
+    curves += [nanogpt_curve(path) for path in nanogpt]
+    for label, times, values in curves:
         if not values:
             continue
-        label = label_of(Path(run_dir))
         finals[label] = {"best": min(values), "seconds": times[-1]}
         ax.plot([t / 60 for t in times], values, marker=".", label=f"{label} ({min(values):.3f})")
     if target is not None:
         ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target}")
     ax.set_xlabel("training time (minutes)")
-    ax.set_ylabel("validation loss (nats/char, whole split)")
+    # tinyllm's runs measure the whole split; nanoGPT's curves say their estimate in their labels
+    split = "tinyllm: whole split" if nanogpt else "whole split"
+    ax.set_ylabel(f"validation loss (nats/char, {split})")
     ax.set_title(title or "validation loss vs time, 2-core CPU")
     ax.set_ylim(top=2.6)
     ax.grid(alpha=0.3)
@@ -69,12 +97,17 @@ def plot(run_dirs: list[str], out: str, target: float | None = 1.5, title: str =
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", help="run folders (each holding a tensorboard/ folder)")
+    parser.add_argument("runs", nargs="*", help="run folders (each holding a tensorboard/ folder)")
+    parser.add_argument(
+        "--nanogpt", action="append", default=[], help="a curve.json of benchmarks/nanogpt.py"
+    )
     parser.add_argument("--out", default="benchmarks/val_loss_vs_time.png")
     parser.add_argument("--title", default="")
     parser.add_argument("--target", type=float, default=1.5)
     args = parser.parse_args(argv)
-    for label, r in plot(args.runs, args.out, args.target, args.title).items():
+    if not args.runs and not args.nanogpt:
+        parser.error("give run folders, --nanogpt curve files, or both")
+    for label, r in plot(args.runs, args.out, args.target, args.title, args.nanogpt).items():
         print(f"{label}: best val/loss {r['best']:.4f}, last at {r['seconds'] / 60:.1f} min")
 
 
