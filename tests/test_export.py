@@ -1,11 +1,14 @@
-"""Export to Hugging Face transformers: every positional encoding x tied/untied head x bias on/off
-is loaded by stock transformers classes and computes what our model computes; the check's
-diagnostics point at the right layer; bad input gets one line and exit code 2, nothing written."""
+"""Export to Hugging Face transformers: every positional encoding x tied/untied head x bias on/off,
+and the block options (RMSNorm + SwiGLU as Llama, + q/k norm as Qwen3, relu2 as Nemotron), is
+loaded by stock transformers classes and computes what our model computes; other combinations are
+refused by name; the check's diagnostics point at the right layer; bad input gets one line and
+exit code 2, nothing written."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,13 +44,16 @@ EXPORTED_FILES = {
 }  # fmt: skip
 
 
-def tiny_model(positional: str, tie: bool, bias: bool, context: int = 64, n_layer: int = 2):
+def tiny_model(
+    positional: str, tie: bool, bias: bool, context: int = 64, n_layer: int = 2, **options
+) -> Transformer:
     """Random weights, spread wider than the init (std 0.3) so that the logits of different
-    characters are far apart: a greedy continuation then tests the model, not float ties."""
+    characters are far apart: a greedy continuation then tests the model, not float ties.
+    `options`: further ModelConfig fields (norm, mlp, qk_norm)."""
     torch.manual_seed(0)
     config = ModelConfig(
         vocab_size=TOKENIZER.vocab_size, context_length=context, n_layer=n_layer, n_head=2,
-        n_embd=32, positional=positional, tie_weights=tie, bias=bias, dropout=0.1,
+        n_embd=32, positional=positional, tie_weights=tie, bias=bias, dropout=0.1, **options,
     )  # fmt: skip
     model = Transformer(config)
     with torch.no_grad():
@@ -64,34 +70,96 @@ def check_with_text(loaded, folder):
     return check_export(loaded, folder, TEXT, "test text")
 
 
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
-@pytest.mark.parametrize("positional", ["rotary", "learned", "sinusoidal"])
-def test_export_computes_what_our_model_computes(tmp_path, positional, tie, bias):
-    # context 32 < prompt + 200: the greedy check slides the window as tinyllm does; 256: generate
-    context = 256 if bias else 32
-    best = save_best(tmp_path, tiny_model(positional, tie, bias, context))
+def assert_exported_exactly(tmp_path: Path, model: Transformer, expected: str) -> None:
+    """Export `model` with the check, then load the published folder as a user would: the stock
+    class `expected`, the same logits, the same ids and text from the tokenizer."""
+    config = model.config
+    best = save_best(tmp_path, model)
     out = tmp_path / "hf"
     loaded, report = export(best, out, check=check_with_text)
     assert report.passed, report.summary()
     assert report.max_logit_diff <= 1e-4
     assert report.greedy_identical == report.greedy_total == 200
     assert all(diff <= 1e-4 for _, diff in report.layer_diffs)
-    assert len(report.layer_diffs) == 3  # embeddings, layer 1, layer 2 (after the final norm)
+    # embeddings, then each layer's output (the last after the final norm)
+    assert len(report.layer_diffs) == config.n_layer + 1
     assert {p.name for p in out.iterdir()} == EXPORTED_FILES
 
     # independently of the check: the published folder, loaded as a user would
     hf = AutoModelForCausalLM.from_pretrained(out, local_files_only=True)
     tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    expected = "GPTNeoXForCausalLM" if positional == "rotary" else "GPT2LMHeadModel"
     assert type(hf).__name__ == expected
+    assert f"`{expected}`" in (out / "README.md").read_text()
     head, embedding = hf.get_output_embeddings().weight, hf.get_input_embeddings().weight
+    tie = config.tie_weights
     assert (head.data_ptr() == embedding.data_ptr()) == tie == hf.config.tie_word_embeddings
+    context = config.context_length
     ids = tok(TEXT[:context], return_tensors="pt").input_ids
     assert ids[0].tolist() == TOKENIZER.encode(TEXT[:context])
     with torch.no_grad():
         torch.testing.assert_close(hf(ids).logits, loaded.model(ids), atol=1e-4, rtol=0)
     assert tok.decode(ids[0]) == TEXT[:context]
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+@pytest.mark.parametrize("positional", ["rotary", "learned", "sinusoidal"])
+def test_export_computes_what_our_model_computes(tmp_path, positional, tie, bias):
+    # context 32 < prompt + 200: the greedy check slides the window as tinyllm does; 256: generate
+    context = 256 if bias else 32
+    expected = "GPTNeoXForCausalLM" if positional == "rotary" else "GPT2LMHeadModel"
+    assert_exported_exactly(tmp_path, tiny_model(positional, tie, bias, context), expected)
+
+
+# the block options each architecture beyond GPT-2 / GPT-NeoX expresses (all rotary)
+BLOCK_ARCHITECTURES = {
+    "LlamaForCausalLM": {"norm": "rmsnorm", "mlp": "swiglu", "qk_norm": False},
+    "Qwen3ForCausalLM": {"norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True},
+    "NemotronForCausalLM": {"norm": "layernorm", "mlp": "relu2", "qk_norm": False},
+}
+
+
+# context 256: the greedy check uses `generate` (transformers' cache); 32: the sliding window
+@pytest.mark.parametrize(
+    ("expected", "tie", "bias", "context"),
+    [
+        ("LlamaForCausalLM", False, True, 256),
+        ("LlamaForCausalLM", True, False, 32),
+        ("Qwen3ForCausalLM", False, False, 256),  # Qwen3's MLP has no biases: bias=true is refused
+        ("Qwen3ForCausalLM", True, False, 32),
+        ("NemotronForCausalLM", False, True, 256),
+        ("NemotronForCausalLM", True, False, 32),
+    ],
+)
+def test_block_options_export_to_their_architecture(tmp_path, expected, tie, bias, context):
+    """RMSNorm + SwiGLU (+ q/k norm) and LayerNorm + relu2, random weights: every norm weight
+    far from 1 (Nemotron stores weight - 1), every bias far from 0."""
+    model = tiny_model("rotary", tie, bias, context, **BLOCK_ARCHITECTURES[expected])
+    assert_exported_exactly(tmp_path, model, expected)
+
+
+@pytest.mark.parametrize("expected", list(BLOCK_ARCHITECTURES))
+def test_a_trained_model_with_block_options_exports_exactly(tmp_path, expected):
+    """Weights shaped by training (a few hundred AdamW steps on the test text), not drawn at
+    random: the check passes on them too, and the exported model continues the text."""
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=TOKENIZER.vocab_size, context_length=32, n_layer=2, n_head=2, n_embd=32,
+        positional="rotary", bias=False, **BLOCK_ARCHITECTURES[expected],
+    )  # fmt: skip
+    model = Transformer(config)
+    ids = torch.tensor(TOKENIZER.encode(TEXT))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        starts = torch.randint(0, len(ids) - 33, (16,))
+        batch = torch.stack([ids[s : s + 33] for s in starts.tolist()])
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 2.5  # it learned something
+    assert_exported_exactly(tmp_path, model.eval(), expected)
 
 
 def test_byte_tokenizer_model_exports_with_the_same_ids(tmp_path):
@@ -134,6 +202,33 @@ def test_the_check_tells_exact_gelu_from_the_tanh_approximation(tmp_path):
     config = json.loads((out / "config.json").read_text())
     config["hidden_act"] = "gelu_new"
     (out / "config.json").write_text(json.dumps(config))
+    report = check_export(load_model(best), out, TEXT)
+    assert not report.passed
+    assert report.first_divergent_layer[0] == "the output of layer 1"
+
+
+def _half_rotary(out: Path) -> None:
+    config = json.loads((out / "config.json").read_text())
+    config["rope_parameters"]["partial_rotary_factor"] = config["partial_rotary_factor"] = 0.5
+    (out / "config.json").write_text(json.dumps(config))
+
+
+def _norm_weight_plus_one(out: Path) -> None:
+    weights = load_file(out / "model.safetensors")
+    weights["model.layers.0.input_layernorm.weight"] += 1.0  # as if written without the -1
+    save_file(weights, out / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("tamper", [_half_rotary, _norm_weight_plus_one])
+def test_the_check_catches_nemotrons_defaults(tmp_path, tamper):
+    """Nemotron rotates half of each head by default and adds 1 to its LayerNorm weights: the
+    export undoes both, and the check notices if either is left as Nemotron has it."""
+    options = BLOCK_ARCHITECTURES["NemotronForCausalLM"]
+    best = save_best(tmp_path, tiny_model("rotary", tie=False, bias=True, **options))
+    out = tmp_path / "hf"
+    export(best, out)
+    assert check_export(load_model(best), out, TEXT).passed
+    tamper(out)
     report = check_export(load_model(best), out, TEXT)
     assert not report.passed
     assert report.first_divergent_layer[0] == "the output of layer 1"
@@ -185,16 +280,56 @@ def test_generation_defaults_and_model_card(tmp_path):
         assert fact in card, fact
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"qk_norm": True}, "model.qk_norm=True is exported only with norm='rmsnorm', "
+         "mlp='swiglu' (Qwen3ForCausalLM); this model has norm='layernorm', mlp='gelu'"),
+        ({"norm": "rmsnorm", "mlp": "relu2"}, "model.norm='rmsnorm' is exported only with "
+         "mlp='swiglu' (LlamaForCausalLM, Qwen3ForCausalLM); this model has mlp='relu2'"),
+        ({"norm": "rmsnorm", "mlp": "swiglu", "positional": "learned"}, "model.norm='rmsnorm' is "
+         "exported only with positional='rotary'"),
+        ({"mlp": "swiglu"}, "model.mlp='swiglu' is exported only with norm='rmsnorm'"),
+        ({"mlp": "relu2", "positional": "sinusoidal"}, "model.mlp='relu2' is exported only with "
+         "positional='rotary' (NemotronForCausalLM)"),
+        ({"mlp": "relu2", "qk_norm": True}, "model.mlp='relu2' is exported only with "
+         "qk_norm=False"),
+        ({"norm": "rmsnorm", "mlp": "swiglu", "qk_norm": True, "bias": True}, "model.bias=True "
+         "cannot be exported with model.qk_norm=True: its architecture, Qwen3ForCausalLM, has no "
+         "MLP biases"),
+    ],
+)  # fmt: skip
+def test_combinations_without_a_stock_architecture_are_refused_by_name(options, message):
+    config = ModelConfig(vocab_size=5, **{"positional": "rotary", "bias": False} | options)
+    with pytest.raises(ExportError, match="^" + re.escape(message)) as refused:
+        refuse_unmapped(config)
+    assert "\n" not in str(refused.value)  # one line
+
+
+def test_a_refused_combination_stops_the_command_with_one_line(tmp_path, capsys):
+    model = tiny_model("rotary", tie=False, bias=False, qk_norm=True)
+    best = save_best(tmp_path / "run", model)
+    _refused(capsys, [str(best), str(tmp_path / "hf")], "model.qk_norm=True is exported only")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_an_option_without_a_stock_counterpart_is_refused_by_name():
     from dataclasses import dataclass
 
     @dataclass
     class FutureConfig(ModelConfig):
-        norm: str = "rmsnorm"
+        parallel_residual: bool = True
 
-    with pytest.raises(ExportError, match=r"model\.norm='rmsnorm' has no exact counterpart"):
+    with pytest.raises(
+        ExportError, match=r"model\.parallel_residual=True has no exact counterpart"
+    ):
         refuse_unmapped(FutureConfig(vocab_size=5))
+    bad_value = ModelConfig(vocab_size=5)
+    bad_value.norm = "batchnorm"  # a value no architecture accepts
+    with pytest.raises(ExportError, match=r"model\.norm='batchnorm' has no exact counterpart"):
+        refuse_unmapped(bad_value)
     refuse_unmapped(ModelConfig(vocab_size=5, dropout=0.2, attn_dropout=True))  # inference: off
+    refuse_unmapped(ModelConfig(vocab_size=5, zero_init=True))  # only the initial weights
 
 
 def test_a_trained_run_exports_and_checks_on_its_validation_split(trained_run, tmp_path):

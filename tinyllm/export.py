@@ -3,19 +3,29 @@
     python -m tinyllm.export RUN_OR_BEST_DIR OUT_DIR [--check] [--force] [--text FILE]
     tinyllm-export ...                                                    (the same)
 
-The folder loads with stock classes (`AutoModelForCausalLM`, `AutoTokenizer`), no remote code:
+The folder loads with stock classes (`AutoModelForCausalLM`, `AutoTokenizer`), no remote code.
+The model's options choose the class (ARCHITECTURES):
 
-    positions     architecture         how our weights map
-    rotary        GPTNeoXForCausalLM   sequential residual, rotary on the whole head, base 10000;
-                                       the fused QKV rows are regrouped per head (NeoX's layout);
-                                       NeoX's rotate_half pairs (x[i], x[i + D/2]) as our
-                                       apply_rotary does, so rows within a head keep their order
-    learned       GPT2LMHeadModel      nn.Linear weights transposed into GPT-2's Conv1D layout
-    sinusoidal    GPT2LMHeadModel      the fixed sinusoidal table written as the position embedding
+    positional  norm       mlp     qk_norm  architecture        how our weights map
+    learned     layernorm  gelu    false    GPT2LMHeadModel     nn.Linear weights transposed into
+                                                                GPT-2's Conv1D layout
+    sinusoidal  layernorm  gelu    false    GPT2LMHeadModel     the fixed table written as the
+                                                                position embedding
+    rotary      layernorm  gelu    false    GPTNeoXForCausalLM  sequential residual; the fused QKV
+                                                                rows regrouped per head (NeoX)
+    rotary      rmsnorm    swiglu  false    LlamaForCausalLM    fused QKV cut into q/k/v_proj, the
+                                                                fused [gate | up] into gate/up_proj
+    rotary      rmsnorm    swiglu  true     Qwen3ForCausalLM    as Llama, plus q_norm/k_norm; no
+                                                                sliding window; bias: false only
+    rotary      layernorm  relu2   false    NemotronForCausalLM LayerNorm1P (weight + 1): the
+                                                                weights are written minus 1
 
-Both use exact GELU, LayerNorm with eps 1e-5 and attention scaled by 1/sqrt(head size), as
-model.py does; `bias: false` becomes zero biases; a tied head is written once and tied by
-`tie_word_embeddings`. The tokenizer becomes a `tokenizers` WordLevel model over single
+Every rotary class rotates the whole head with base 10000 and pairs (x[i], x[i + D/2]) in
+`rotate_half`, as our apply_rotary does, so the rows within a head keep their order. Attention is
+scaled by 1/sqrt(head size) everywhere; the norms keep our eps (LayerNorm 1e-5, RMSNorm 1e-6);
+GELU is the exact one. `bias: false` becomes zero biases where the stock layer always has one; a
+tied head is written once and tied by `tie_word_embeddings`. Any other combination is refused
+with one line naming the option. The tokenizer becomes a `tokenizers` WordLevel model over single
 characters (every character one token, same ids, decoding joins without spaces).
 
 Writing needs only safetensors and JSON; `--check` imports transformers, loads the written folder
@@ -37,10 +47,12 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import save
+from torch import nn
 
 from tinyllm.artifacts import ArtifactError, LoadedModel, load_model
 from tinyllm.model import ModelConfig, Transformer
@@ -53,17 +65,20 @@ ROTARY_BASE = 10000.0  # model.rotary_tables
 # the run's console defaults when its metadata has none (training/default.yaml)
 CONSOLE_DEFAULTS = {"max_tokens": 500, "temperature": 0.8, "top_k": 0}
 
-# ModelConfig fields the mapping below expresses exactly. Any other field (a future option such
-# as a different norm or activation) is refused by name until a mapping for it is added here.
+# ModelConfig fields the mapping below expresses exactly. Any other field (a future option) is
+# refused by name until a mapping for it is added here.
 MAPPED_FIELDS = {
     "vocab_size", "context_length", "n_layer", "n_head", "n_embd", "bias", "positional",
-    "tie_weights",
+    "tie_weights", "norm", "mlp", "qk_norm",
 }  # fmt: skip
 # training-only: dropout is off at inference and zero_init changes only the initial weights, so
 # neither changes what the exported model computes
 TRAINING_ONLY_FIELDS = {"dropout", "attn_dropout", "zero_init"}
-# options this exporter maps only at their default (GPT-2 / GPT-NeoX) values so far
-DEFAULT_ONLY_FIELDS = {"norm": "layernorm", "mlp": "gelu", "qk_norm": False}
+# options exported only at their default value (none at present; a new option can start here)
+DEFAULT_ONLY_FIELDS: dict[str, object] = {}
+# the fields that choose the architecture: each Architecture lists the values it expresses (a
+# refusal names the first one, in this order, whose architectures the others rule out)
+ARCHITECTURE_FIELDS = ("norm", "mlp", "qk_norm", "positional")
 
 
 class ExportError(ValueError):
@@ -72,73 +87,48 @@ class ExportError(ValueError):
 
 # --- architecture mapping -------------------------------------------------------------------
 
-
-def refuse_unmapped(config: ModelConfig) -> None:
-    """Refuse a model with an option no stock transformers architecture here expresses exactly."""
-    for f in fields(config):
-        if DEFAULT_ONLY_FIELDS.get(f.name, object()) == getattr(config, f.name):
-            continue
-        if f.name not in MAPPED_FIELDS | TRAINING_ONLY_FIELDS:
-            raise ExportError(
-                f"model.{f.name}={getattr(config, f.name)!r} has no exact counterpart in the "
-                "transformers architectures this exporter writes: it cannot be exported"
-            )
-    if config.positional not in ("learned", "sinusoidal", "rotary"):
-        raise ExportError(
-            f"model.positional={config.positional!r} has no exact counterpart in the "
-            "transformers architectures this exporter writes: it cannot be exported"
-        )
+Tensors = dict[str, torch.Tensor]
 
 
-def architecture(config: ModelConfig) -> str:
-    return "GPTNeoXForCausalLM" if config.positional == "rotary" else "GPT2LMHeadModel"
+@dataclass(frozen=True)
+class Architecture:
+    """One stock transformers class and the tinyllm options it computes exactly."""
+
+    name: str
+    # per ARCHITECTURE_FIELDS: the values of that option this class expresses
+    accepts: dict[str, tuple]
+    # config.json settings beyond the common ones: (our config, the norms' eps) -> dict
+    config: Callable[[ModelConfig, float], dict]
+    # model.safetensors: every tensor under the stock name
+    tensors: Callable[[Transformer], Tensors]
+    # a one-line refusal for a matching model this class still cannot express, else None
+    refuse: Callable[[ModelConfig], str | None] = lambda config: None
+
+    def matches(self, config: ModelConfig) -> bool:
+        return all(getattr(config, name) in self.accepts[name] for name in ARCHITECTURE_FIELDS)
 
 
-def hf_config(config: ModelConfig, dtype: torch.dtype, layer_norm_eps: float) -> dict:
-    """config.json: the stock architecture's settings that reproduce our model's computation."""
-    refuse_unmapped(config)
-    common = {
-        "architectures": [architecture(config)],
-        "vocab_size": config.vocab_size,
-        "tie_word_embeddings": config.tie_weights,
-        "bos_token_id": None,
-        "eos_token_id": None,
-        "pad_token_id": None,
-        "dtype": str(dtype).removeprefix("torch."),
-        "use_cache": True,
+# configs: the settings that reproduce our model's computation in each class
+
+
+def _rope(**extra: float) -> dict:
+    """Full-head rotary, base 10000: transformers 5's rope_parameters and 4.x's rope_theta."""
+    return {
+        "rope_parameters": {"rope_type": "default", "rope_theta": ROTARY_BASE, **extra},
+        "rope_theta": ROTARY_BASE,
     }
-    if config.positional == "rotary":
-        return common | {
-            "model_type": "gpt_neox",
-            "hidden_size": config.n_embd,
-            "num_hidden_layers": config.n_layer,
-            "num_attention_heads": config.n_head,
-            "intermediate_size": 4 * config.n_embd,
-            "hidden_act": "gelu",  # exact (erf) GELU, as F.gelu
-            "max_position_embeddings": config.context_length,
-            "layer_norm_eps": layer_norm_eps,
-            "use_parallel_residual": False,  # x + attn(ln1(x)), then + mlp(ln2(.)): sequential
-            "attention_bias": config.bias,
-            "attention_dropout": 0.0,
-            "hidden_dropout": 0.0,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": ROTARY_BASE,
-                "partial_rotary_factor": 1.0,
-            },
-            # the same two settings under the names transformers 4.x reads
-            "rotary_pct": 1.0,
-            "rotary_emb_base": ROTARY_BASE,
-        }
-    return common | {
+
+
+def _gpt2_config(config: ModelConfig, eps: float) -> dict:
+    return {
         "model_type": "gpt2",
         "n_embd": config.n_embd,
         "n_layer": config.n_layer,
         "n_head": config.n_head,
-        "n_inner": 4 * config.n_embd,
+        "n_inner": config.mlp_hidden,
         "n_positions": config.context_length,
         "activation_function": "gelu",  # exact GELU, not GPT-2's tanh approximation (gelu_new)
-        "layer_norm_epsilon": layer_norm_eps,
+        "layer_norm_epsilon": eps,
         "scale_attn_weights": True,  # 1/sqrt(head size), as scaled_dot_product_attention
         "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False,
@@ -148,14 +138,91 @@ def hf_config(config: ModelConfig, dtype: torch.dtype, layer_norm_eps: float) ->
     }
 
 
-def _bias(linear: torch.nn.Linear) -> torch.Tensor:
+def _neox_config(config: ModelConfig, eps: float) -> dict:
+    return _rope(partial_rotary_factor=1.0) | {
+        "model_type": "gpt_neox",
+        "hidden_size": config.n_embd,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "intermediate_size": config.mlp_hidden,
+        "hidden_act": "gelu",  # exact (erf) GELU, as F.gelu
+        "max_position_embeddings": config.context_length,
+        "layer_norm_eps": eps,
+        "use_parallel_residual": False,  # x + attn(ln1(x)), then + mlp(ln2(.)): sequential
+        "attention_bias": config.bias,
+        "attention_dropout": 0.0,
+        "hidden_dropout": 0.0,
+        # the rotary settings under the names transformers 4.x reads
+        "rotary_pct": 1.0,
+        "rotary_emb_base": ROTARY_BASE,
+    }
+
+
+def _decoder_config(config: ModelConfig) -> dict:
+    """What Llama, Qwen3 and Nemotron share: separate q/k/v projections, as many key/value heads
+    as query heads (no grouped-query attention), head_dim stated (Qwen3's default is 128)."""
+    return _rope() | {
+        "hidden_size": config.n_embd,
+        "intermediate_size": config.mlp_hidden,
+        "num_hidden_layers": config.n_layer,
+        "num_attention_heads": config.n_head,
+        "num_key_value_heads": config.n_head,
+        "head_dim": config.head_dim,
+        "max_position_embeddings": config.context_length,
+        "attention_bias": config.bias,
+        "attention_dropout": 0.0,
+    }
+
+
+def _llama_config(config: ModelConfig, eps: float) -> dict:
+    return _decoder_config(config) | {
+        "model_type": "llama",
+        "hidden_act": "silu",  # SwiGLU: silu(gate) * up
+        "rms_norm_eps": eps,
+        "mlp_bias": config.bias,
+        "pretraining_tp": 1,
+    }
+
+
+def _qwen3_config(config: ModelConfig, eps: float) -> dict:
+    return _decoder_config(config) | {
+        "model_type": "qwen3",
+        "hidden_act": "silu",
+        "rms_norm_eps": eps,
+        # Qwen3 can slide a window over the layers from max_window_layers on: every layer full
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": config.n_layer,
+        "layer_types": ["full_attention"] * config.n_layer,
+    }
+
+
+def _nemotron_config(config: ModelConfig, eps: float) -> dict:
+    # Nemotron rotates half of each head unless told otherwise (partial_rotary_factor 0.5)
+    return (
+        _decoder_config(config)
+        | _rope(partial_rotary_factor=1.0)
+        | {
+            "model_type": "nemotron",
+            "hidden_act": "relu2",  # relu(x)^2
+            "norm_eps": eps,
+            "mlp_bias": config.bias,
+            "partial_rotary_factor": 1.0,  # transformers 4.x's name
+        }
+    )
+
+
+# tensors: our weights under each class's names
+
+
+def _bias(linear: nn.Linear) -> torch.Tensor:
     """The layer's bias, or zeros where ours has none (the stock layers always add one)."""
     if linear.bias is not None:
         return linear.bias
     return torch.zeros(linear.out_features, dtype=linear.weight.dtype)
 
 
-def _norm_bias(norm: torch.nn.LayerNorm) -> torch.Tensor:
+def _norm_bias(norm: nn.LayerNorm) -> torch.Tensor:
     if norm.bias is not None:
         return norm.bias
     return torch.zeros_like(norm.weight)
@@ -168,7 +235,7 @@ def _neox_qkv(tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return grouped.reshape(3 * config.n_embd, *rest)
 
 
-def _neox_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+def _neox_tensors(model: Transformer) -> Tensors:
     config = model.config
     out = {"gpt_neox.embed_in.weight": model.token_embedding.weight}
     for i, block in enumerate(model.blocks):
@@ -197,7 +264,7 @@ def _neox_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def _gpt2_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+def _gpt2_tensors(model: Transformer) -> Tensors:
     config = model.config
     if config.positional == "learned":
         positions = model.position_embedding.weight
@@ -232,10 +299,178 @@ def _gpt2_tensors(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def hf_tensors(model: Transformer) -> dict[str, torch.Tensor]:
+def _linears(prefix: str, linear: nn.Linear, names: Sequence[str]) -> Tensors:
+    """Our (possibly fused) Linear cut by output rows into len(names) equal stock Linears: the
+    fused qkv into q/k/v_proj, swiglu's fused [gate | up] into gate/up_proj. A Linear without a
+    bias writes none (the decoders' attention_bias / mlp_bias follow model.bias)."""
+    out = {}
+    for kind in ("weight", "bias"):
+        tensor = getattr(linear, kind)
+        if tensor is not None:
+            parts = tensor.chunk(len(names))
+            out |= {f"{prefix}{n}.{kind}": t for n, t in zip(names, parts, strict=True)}
+    return out
+
+
+def _rms_norm(name: str, norm: nn.Module) -> Tensors:
+    return {f"{name}.weight": norm.weight}
+
+
+def _layer_norm_1p(name: str, norm: nn.LayerNorm) -> Tensors:
+    """Nemotron's LayerNorm1P multiplies by weight + 1: store ours minus 1; always a bias."""
+    return {f"{name}.weight": norm.weight - 1.0, f"{name}.bias": _norm_bias(norm)}
+
+
+def _decoder_tensors(
+    model: Transformer, norm: Callable[[str, nn.Module], Tensors], mlp_in: Sequence[str]
+) -> Tensors:
+    """Llama-layout names (Llama, Qwen3, Nemotron): `norm` writes each norm, `mlp_in` names the
+    projections our `fc` is cut into. Heads are contiguous rows in both layouts: no regrouping."""
+    out = {"model.embed_tokens.weight": model.token_embedding.weight}
+    for i, block in enumerate(model.blocks):
+        p, attn = f"model.layers.{i}.", block.attn
+        out |= norm(p + "input_layernorm", block.ln1)
+        out |= norm(p + "post_attention_layernorm", block.ln2)
+        out |= _linears(p + "self_attn.", attn.qkv, ("q_proj", "k_proj", "v_proj"))
+        out |= _linears(p + "self_attn.", attn.proj, ("o_proj",))
+        if attn.q_norm is not None:  # always RMSNorm over head_dim (Qwen3's q_norm, k_norm)
+            out |= _rms_norm(p + "self_attn.q_norm", attn.q_norm)
+            out |= _rms_norm(p + "self_attn.k_norm", attn.k_norm)
+        out |= _linears(p + "mlp.", block.mlp.fc, mlp_in)
+        out |= _linears(p + "mlp.", block.mlp.proj, ("down_proj",))
+    out |= norm("model.norm", model.ln_f)
+    if not model.config.tie_weights:
+        out["lm_head.weight"] = model.lm_head.weight
+    return out
+
+
+def _qwen3_refuse(config: ModelConfig) -> str | None:
+    if config.bias:
+        return (
+            "model.bias=True cannot be exported with model.qk_norm=True: its architecture, "
+            "Qwen3ForCausalLM, has no MLP biases (train with model.bias=false)"
+        )
+    return None
+
+
+ARCHITECTURES = (
+    Architecture(
+        "GPT2LMHeadModel",
+        {"positional": ("learned", "sinusoidal"), "norm": ("layernorm",), "mlp": ("gelu",),
+         "qk_norm": (False,)},
+        _gpt2_config,
+        _gpt2_tensors,
+    ),
+    Architecture(
+        "GPTNeoXForCausalLM",
+        {"positional": ("rotary",), "norm": ("layernorm",), "mlp": ("gelu",), "qk_norm": (False,)},
+        _neox_config,
+        _neox_tensors,
+    ),
+    Architecture(
+        "LlamaForCausalLM",
+        {"positional": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "qk_norm": (False,)},
+        _llama_config,
+        partial(_decoder_tensors, norm=_rms_norm, mlp_in=("gate_proj", "up_proj")),
+    ),
+    Architecture(
+        "Qwen3ForCausalLM",
+        {"positional": ("rotary",), "norm": ("rmsnorm",), "mlp": ("swiglu",), "qk_norm": (True,)},
+        _qwen3_config,
+        partial(_decoder_tensors, norm=_rms_norm, mlp_in=("gate_proj", "up_proj")),
+        _qwen3_refuse,
+    ),
+    Architecture(
+        "NemotronForCausalLM",
+        {"positional": ("rotary",), "norm": ("layernorm",), "mlp": ("relu2",), "qk_norm": (False,)},
+        _nemotron_config,
+        partial(_decoder_tensors, norm=_layer_norm_1p, mlp_in=("up_proj",)),
+    ),
+)  # fmt: skip
+
+
+def _values(values: Sequence) -> str:
+    return repr(values[0]) if len(values) == 1 else f"one of {tuple(values)!r}"
+
+
+def _no_architecture(config: ModelConfig) -> str:
+    """One line naming an option that no architecture expresses together with the others: the
+    first non-default option whose architectures need other values of the other options."""
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    chosen = [name for name in ARCHITECTURE_FIELDS if getattr(config, name) != defaults[name]]
+    for name in chosen:
+        value = getattr(config, name)
+        candidates = [a for a in ARCHITECTURES if value in a.accepts[name]]
+        if not candidates:
+            return (
+                f"model.{name}={value!r} has no exact counterpart in the transformers "
+                "architectures this exporter writes: it cannot be exported"
+            )
+        needs = {}
+        for other in ARCHITECTURE_FIELDS:
+            allowed = list(dict.fromkeys(v for a in candidates for v in a.accepts[other]))
+            if getattr(config, other) not in allowed:
+                needs[other] = allowed
+        if needs:
+            names = ", ".join(a.name for a in candidates)
+            required = ", ".join(f"{o}={_values(v)}" for o, v in needs.items())
+            has = ", ".join(f"{o}={getattr(config, o)!r}" for o in needs)
+            return (
+                f"model.{name}={value!r} is exported only with {required} ({names}); this model "
+                f"has {has}: it cannot be exported"
+            )
+    options = ", ".join(f"model.{n}={getattr(config, n)!r}" for n in chosen)
+    return f"{options} together have no exact counterpart in transformers: it cannot be exported"
+
+
+def select_architecture(config: ModelConfig) -> Architecture:
+    """The stock class that computes what a model of `config` computes; ExportError (one line,
+    naming the option) for a model none of them expresses exactly."""
+    for f in fields(config):
+        if DEFAULT_ONLY_FIELDS.get(f.name, object()) == getattr(config, f.name):
+            continue
+        if f.name not in MAPPED_FIELDS | TRAINING_ONLY_FIELDS:
+            raise ExportError(
+                f"model.{f.name}={getattr(config, f.name)!r} has no exact counterpart in the "
+                "transformers architectures this exporter writes: it cannot be exported"
+            )
+    for arch in ARCHITECTURES:
+        if arch.matches(config):
+            problem = arch.refuse(config)
+            if problem is not None:
+                raise ExportError(problem)
+            return arch
+    raise ExportError(_no_architecture(config))
+
+
+def refuse_unmapped(config: ModelConfig) -> None:
+    """Refuse a model with an option no stock transformers architecture here expresses exactly."""
+    select_architecture(config)
+
+
+def architecture(config: ModelConfig) -> str:
+    return select_architecture(config).name
+
+
+def hf_config(config: ModelConfig, dtype: torch.dtype, norm_eps: float) -> dict:
+    """config.json: the stock architecture's settings that reproduce our model's computation."""
+    arch = select_architecture(config)
+    common = {
+        "architectures": [arch.name],
+        "vocab_size": config.vocab_size,
+        "tie_word_embeddings": config.tie_weights,
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+        "dtype": str(dtype).removeprefix("torch."),
+        "use_cache": True,
+    }
+    return common | arch.config(config, norm_eps)
+
+
+def hf_tensors(model: Transformer) -> Tensors:
     """model.safetensors contents: every tensor under the stock architecture's name."""
-    refuse_unmapped(model.config)
-    tensors = _neox_tensors(model) if model.config.positional == "rotary" else _gpt2_tensors(model)
+    tensors = select_architecture(model.config).tensors(model)
     # own, contiguous storage per tensor: safetensors refuses shared or strided memory
     return {name: t.detach().cpu().contiguous().clone() for name, t in tensors.items()}
 
@@ -396,6 +631,11 @@ def _number(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "unknown"
 
 
+# how the model card names the block's parts
+CARD_NORMS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
+CARD_MLPS = {"gelu": "GELU", "relu2": "squared-ReLU", "swiglu": "SwiGLU"}
+
+
 def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
     """README.md: what the model is, its data, its validation loss, how it was trained and used."""
     config, meta = loaded.model.config, loaded.metadata
@@ -416,10 +656,13 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
         ]
     trained = trained or ["- not recorded with the model (no run config.yaml next to it)"]
     positions = {
-        "rotary": "rotary position embeddings (GPT-NeoX layout)",
-        "learned": "learned position embeddings (GPT-2 layout)",
+        "rotary": "rotary position embeddings",
+        "learned": "learned position embeddings",
         "sinusoidal": "fixed sinusoidal positions, stored as GPT-2 position embeddings",
     }[config.positional]
+    block = f"pre-norm {CARD_NORMS[config.norm]}, {CARD_MLPS[config.mlp]} MLP" + (
+        ", RMSNorm on each head's queries and keys" if config.qk_norm else ""
+    )
     vocab = "".join(getattr(loaded.tokenizer, "vocab", []))
     return f"""---
 library_name: transformers
@@ -438,6 +681,7 @@ Every character is one token; the model continues text character by character.
 | | |
 |---|---|
 | architecture | `{architecture(config)}`: {positions} |
+| block | {block} |
 | layers / heads / width | {config.n_layer} / {config.n_head} / {config.n_embd} |
 | context | {config.context_length} characters |
 | parameters | {params:,} |
@@ -495,9 +739,9 @@ def write_folder(loaded: LoadedModel, folder: Path, run_config: dict | None = No
     console = console_defaults(loaded.metadata, run_config)
     # bytes written by Python, not save_file: that creates the file 0600, ignoring the umask
     (folder / "model.safetensors").write_bytes(save(tensors, metadata={"format": "pt"}))
-    eps = {norm.eps for norm in model.modules() if isinstance(norm, torch.nn.LayerNorm)}
+    eps = {norm.eps for norm in model.modules() if isinstance(norm, (nn.LayerNorm, nn.RMSNorm))}
     if len(eps) != 1:  # one eps in the stock configs
-        raise ExportError(f"the model's LayerNorms do not share one eps ({sorted(eps)})")
+        raise ExportError(f"the model's norms do not share one eps ({sorted(eps)})")
     _write_json(folder / "config.json", hf_config(model.config, dtype, eps.pop()))
     context = model.config.context_length
     _write_json(folder / "generation_config.json", generation_config(console, context))
@@ -657,7 +901,7 @@ def forward_with_hidden_states(
     model: Transformer, ids: torch.Tensor
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Logits and our residual stream as transformers reports it: the input of each layer, then
-    the last layer's output after the final LayerNorm (n_layer + 1 tensors). Hooks on the model's
+    the last layer's output after the final norm (n_layer + 1 tensors). Hooks on the model's
     own modules record them during its real forward, so nothing of model.py is re-implemented."""
     states: list[torch.Tensor] = []
     hooks = [model.blocks[0].register_forward_pre_hook(lambda m, args: states.append(args[0]))]
@@ -684,7 +928,7 @@ def _layer_name(index: int, n_layer: int) -> str:
     if index == 0:
         return "the embeddings (input of layer 1)"
     if index == n_layer:
-        return f"the output of layer {index} (after the final LayerNorm)"
+        return f"the output of layer {index} (after the final norm)"
     return f"the output of layer {index}"
 
 
