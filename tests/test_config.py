@@ -267,21 +267,44 @@ def test_config_tree_is_printed_resolved(tmp_path, capsys):
     assert "output_dir: /" in out and "${" not in out  # interpolations shown resolved
 
 
-def test_default_precision_follows_the_hardware(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "bf16_share", "expected"),
+    [
+        (True, True, 2.0, "bf16-mixed"),  # AMX: bf16 without measuring
+        (False, False, 0.1, "32-true"),  # no native bf16: emulated, fp32 without measuring
+        (False, True, 0.5, "bf16-mixed"),  # AVX512-BF16 where bf16 matmuls are 2x faster
+        (False, True, 1.2, "32-true"),  # AVX512-BF16 where they are slower (a Xeon VM here)
+    ],
+)
+def test_default_precision_follows_the_hardware(
+    tmp_path, monkeypatch, amx, avx512_bf16, bf16_share, expected
+):
     import torch
 
-    from tinyllm.config import fastest_precision
+    from tinyllm import config
 
-    native = torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported()
-    expected = "bf16-mixed" if native else "32-true"
-    assert compose_config([], tmp_path).trainer.precision == fastest_precision() == expected
-    # a laptop CPU without native bf16 (cannot be had here, so the checks are replaced)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-    assert compose_config([], tmp_path).trainer.precision == "32-true"
-    assert (
-        compose_config(["trainer.precision=bf16-mixed"], tmp_path).trainer.precision == "bf16-mixed"
+    # the CPU's features cannot be changed here, so the checks and the timing are replaced
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(
+        config, "matmul_seconds", lambda dtype: bf16_share if dtype == torch.bfloat16 else 1.0
     )
+    config.fastest_precision.cache_clear()
+    try:
+        assert compose_config([], tmp_path).trainer.precision == expected
+        chosen = compose_config(["trainer.precision=bf16-mixed"], tmp_path).trainer.precision
+        assert chosen == "bf16-mixed"
+    finally:
+        config.fastest_precision.cache_clear()
+
+
+def test_matmul_timing_measures_both_dtypes():
+    import torch
+
+    from tinyllm.config import matmul_seconds
+
+    for dtype in (torch.float32, torch.bfloat16):
+        assert 0 < matmul_seconds(dtype, rows=64, width=32, repeats=2) < 1.0
 
 
 # --- debugging configs and loggers, each run for real on a tiny model -----------------------

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from tinyllm.data import CharDataModule
 from tinyllm.module import LanguageModel, warmup_cosine
+from tinyllm.optimizers import CombinedOptimizer, build_optimizer
 
 
 def tiny_model_config(vocab_size: int, **overrides) -> dict:
@@ -108,6 +109,67 @@ def test_real_fit_learns_with_the_selected_optimizer(datamodule, name, cls):
     assert float(trainer.callback_metrics["lr"]) == pytest.approx(
         lr * warmup_cosine(steps - 1, 3, steps, floor)
     )
+
+
+def test_muon_trains_the_hidden_matrices_and_adamw_the_rest(datamodule):
+    L.seed_everything(0)
+    lr, floor, steps, scale = 3e-3, 0.1, 20, 2.0
+    module = LanguageModel(
+        tiny_model_config(datamodule.tokenizer.vocab_size, n_layer=2),
+        optimizer="muon", learning_rate=lr, weight_decay=0.1, warmup_steps=3, min_lr_ratio=floor,
+        muon_lr_scale=scale, muon_ns_steps=3,
+    )  # fmt: skip
+    fixed = [next(iter(datamodule.train_dataloader())), *datamodule.val_dataloader()]
+    before = mean_loss(module, fixed)
+    trainer = fit(module, datamodule, steps)
+    assert mean_loss(module, fixed) < before - 0.3
+
+    optimizer = trainer.optimizers[0]
+    assert isinstance(optimizer, CombinedOptimizer)
+    muon, adamw = optimizer.optimizers
+    assert type(muon) is torch.optim.Muon and type(adamw) is torch.optim.AdamW
+    named = dict(module.model.named_parameters())
+    hidden = {n for n, p in named.items() if n.startswith("blocks.") and p.dim() == 2}
+    assert hidden == {
+        n for n, p in named.items() if any(p is q for q in muon.param_groups[0]["params"])
+    }
+    assert {"blocks.0.attn.qkv.weight", "blocks.1.mlp.proj.weight"} <= hidden
+    decay, no_decay = adamw.param_groups
+    rest = {id(p) for p in decay["params"] + no_decay["params"]}
+    assert rest == {id(p) for n, p in named.items() if n not in hidden}
+    assert {id(named["token_embedding.weight"]), id(named["lm_head.weight"])} <= {
+        id(p) for p in decay["params"]
+    }
+    # one schedule for every group: each ends at its own rate times the floor
+    assert muon.param_groups[0]["lr"] == pytest.approx(scale * lr * floor)
+    assert muon.param_groups[0]["ns_steps"] == 3
+    assert decay["lr"] == no_decay["lr"] == pytest.approx(lr * floor)
+    # every parameter has its optimizer state, under the one optimizer that owns it
+    assert all(
+        muon.state[p]["momentum_buffer"].shape == p.shape for p in muon.param_groups[0]["params"]
+    )
+    assert set(optimizer.state) == set(muon.state) | set(adamw.state)
+
+
+def test_combined_optimizer_state_round_trips_and_refuses_a_mismatch(datamodule):
+    def fresh():
+        model = LanguageModel(tiny_model_config(datamodule.tokenizer.vocab_size), optimizer="muon")
+        return model, build_optimizer(model.model, model.hparams)
+
+    model, optimizer = fresh()
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    state = optimizer.state_dict()
+    _, other = fresh()
+    other.load_state_dict(state)
+    for a, b in zip(optimizer.optimizers, other.optimizers, strict=True):
+        for pa, pb in zip(a.param_groups[0]["params"], b.param_groups[0]["params"], strict=True):
+            for key, value in a.state[pa].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(b.state[pb][key]))
+    adam_only = LanguageModel(tiny_model_config(datamodule.tokenizer.vocab_size), optimizer="adamw")
+    with pytest.raises(ValueError, match="optimizer it was trained with"):
+        other.load_state_dict(build_optimizer(adam_only.model, adam_only.hparams).state_dict())
 
 
 def test_tied_weights_are_one_decayed_parameter(datamodule):

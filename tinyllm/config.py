@@ -6,6 +6,8 @@ may be. `validate` turns every mistake into one `ConfigError` line that names th
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,24 +19,60 @@ from tinyllm.model import ModelConfig
 from tinyllm.optimizers import OPTIMIZER_IMPLS, OPTIMIZERS
 from tinyllm.runs import default_log_dir, unique_folder
 
+log = logging.getLogger(__name__)
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and what it may be."""
 
 
-def fastest_precision() -> str:
-    """`${tinyllm.precision:}`: bf16-mixed where the hardware runs bf16 natively, else 32-true.
+# bf16 is chosen on a CPU with AVX512-BF16 alone only when its matmuls take at most this share
+# of fp32's: autocast's casts and the fp32 elementwise work eat the rest of the gain
+BF16_MATMUL_SHARE = 0.8
 
-    On a CPU with AMX or AVX512-BF16 bf16-mixed trains 1.7x faster (benchmarks/RESULTS.md); on
-    one without, bf16 is emulated and slower than fp32, so a laptop gets fp32.
+
+def matmul_seconds(dtype, rows: int = 2048, width: int = 192, repeats: int = 8) -> float:
+    """Best time of one (rows x width) @ (width x 4 width) matmul: the default model's MLP."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(rows, width, dtype=dtype), torch.randn(width, 4 * width, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.cache
+def fastest_precision() -> str:
+    """`${tinyllm.precision:}`: bf16-mixed where the hardware runs bf16 faster, else 32-true.
+
+    A GPU with bf16 and a CPU with AMX get bf16-mixed (1.7x the tokens/s of fp32 on a Xeon with
+    AMX, benchmarks/RESULTS.md); a CPU without native bf16 gets fp32, bf16 being emulated there.
+    AVX512-BF16 alone is not enough to tell: bf16 trained 2x faster than fp32 on an AMD EPYC
+    but 1.6x slower on an Intel Xeon VM, so there a 0.1-second matmul test decides (once per
+    process). `trainer.precision=...` chooses without measuring.
     """
     import torch
 
     if torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")  # private, so looked up
-    native = any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-    return "bf16-mixed" if native else "32-true"
+    # private, so looked up: a torch without them counts as a CPU without native bf16
+    amx = getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+    if amx or not avx512_bf16:
+        return "bf16-mixed" if amx else "32-true"
+    fp32, bf16 = matmul_seconds(torch.float32), matmul_seconds(torch.bfloat16)
+    choice = "bf16-mixed" if bf16 <= BF16_MATMUL_SHARE * fp32 else "32-true"
+    log.info(
+        "precision %s: a bf16 matmul takes %.0f%% of fp32's on this CPU (AVX512-BF16, no AMX)",
+        choice,
+        100 * bf16 / fp32,
+    )
+    return choice
 
 
 OmegaConf.register_new_resolver("tinyllm.precision", fastest_precision, replace=True)

@@ -23,8 +23,9 @@ class CombinedOptimizer(torch.optim.Optimizer):
     """Several optimizers over disjoint parameters, stepped together as one.
 
     `param_groups` is the concatenation of theirs (the same dicts, so a scheduler that sets
-    `group["lr"]` sets it where the inner optimizer reads it); `state_dict` holds one entry per
-    inner optimizer, in order, so checkpoints resume each exactly.
+    `group["lr"]` sets it where the inner optimizer reads it, and clipping sees every
+    parameter); `state_dict` holds one entry per inner optimizer, in order, so checkpoints
+    resume each exactly.
     """
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
@@ -33,13 +34,17 @@ class CombinedOptimizer(torch.optim.Optimizer):
         # which Lightning and LR schedulers check for)
         self.optimizers = optimizers
         self.defaults = {}
-        self.param_groups = [group for opt in optimizers for group in opt.param_groups]
         self._optimizer_step_pre_hooks = {}
         self._optimizer_step_post_hooks = {}
         self._optimizer_state_dict_pre_hooks = {}
         self._optimizer_state_dict_post_hooks = {}
         self._optimizer_load_state_dict_pre_hooks = {}
         self._optimizer_load_state_dict_post_hooks = {}
+
+    @property
+    def param_groups(self) -> list[dict]:
+        # read through every time: an inner load_state_dict replaces its group dicts
+        return [group for opt in self.optimizers for group in opt.param_groups]
 
     @property
     def state(self) -> dict:
