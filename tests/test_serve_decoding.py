@@ -114,7 +114,7 @@ def test_pieces_posted_while_the_loop_is_busy_arrive_as_one():
     gets one longer piece instead of one event per step."""
 
     async def main() -> list:
-        mailbox = _Mailbox(asyncio.get_running_loop())
+        mailbox = _Mailbox(asyncio.get_running_loop(), interval=0.0)
         events: asyncio.Queue = asyncio.Queue()
         job = Job([1], SamplingSettings(), events, mailbox)
         for text in "abc":  # the loop runs nothing until the sleep below
@@ -127,3 +127,19 @@ def test_pieces_posted_while_the_loop_is_busy_arrive_as_one():
         return [*first, events.get_nowait()]
 
     assert asyncio.run(main()) == [Piece(0, "abc"), End(0, "length", 3), Piece(0, "d")]
+
+
+def test_hand_overs_come_at_most_every_interval():
+    async def main() -> tuple[float, list]:
+        mailbox = _Mailbox(asyncio.get_running_loop(), interval=0.2)
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job([1], SamplingSettings(), events, mailbox)
+        mailbox.post([(job, Piece(0, "a"))])  # the first goes at once
+        first = await events.get()
+        mailbox.post([(job, Piece(0, "b"))])
+        started = asyncio.get_running_loop().time()
+        second = await events.get()
+        return asyncio.get_running_loop().time() - started, [first, second]
+
+    waited, got = asyncio.run(main())
+    assert got == [Piece(0, "a"), Piece(0, "b")] and 0.1 < waited < 1.0

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -81,15 +83,19 @@ class Job:
 class _Mailbox:
     """Events on their way from the decode thread to one event loop.
 
-    While a hand-over waits for the loop to run it, newer events join it, a job's pieces merged
-    into one: a loop that falls behind the decoder (many clients) wakes once for several steps
-    and sends each job one longer piece, instead of one event per job and step.
+    The loop takes them at most every `interval` seconds (an idle server's first event goes at
+    once); what the decoder produces meanwhile joins the pending hand-over, a job's pieces
+    merged into one. Many clients then cost one wake-up of the loop and one server-sent event
+    per job every few steps, not one per job and step: that per-event work (the loop, the HTTP
+    layer, the client's parsing) shares the two cores with the decoder.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
         self.loop = loop
+        self.interval = interval
         self._lock = threading.Lock()
         self._pending: dict[Job, list[Piece | End | Failure]] = {}
+        self._last = -math.inf  # time.monotonic() of the last hand-over
 
     def post(self, outbox: Sequence[tuple[Job, Piece | End | Failure]]) -> None:
         with self._lock:
@@ -103,8 +109,12 @@ class _Mailbox:
                     events.append(event)
             if not wake:
                 return  # the hand-over already scheduled takes these too
+            wait = self._last + self.interval - time.monotonic()
             try:
-                self.loop.call_soon_threadsafe(self._hand_over)
+                if wait > 0:
+                    self.loop.call_soon_threadsafe(self.loop.call_later, wait, self._hand_over)
+                else:
+                    self.loop.call_soon_threadsafe(self._hand_over)
             except RuntimeError:  # the event loop is closed: the server is shutting down
                 for job in self._pending:
                     job.cancelled = True
@@ -113,6 +123,7 @@ class _Mailbox:
     def _hand_over(self) -> None:
         with self._lock:
             pending, self._pending = self._pending, {}
+            self._last = time.monotonic()
         for job, events in pending.items():
             for event in events:
                 job.events.put_nowait(event)
@@ -122,11 +133,16 @@ class Scheduler:
     """The decode loop in a background thread; the event loop only submits and cancels."""
 
     def __init__(
-        self, model: Transformer, tokenizer: CharacterTokenizer, max_batch: int = 16
+        self,
+        model: Transformer,
+        tokenizer: CharacterTokenizer,
+        max_batch: int = 16,
+        stream_interval: float = 0.02,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.stream_interval = stream_interval  # seconds between hand-overs to an event loop
         self._decoder = BatchDecoder(model, max_batch)
         self._waiting: deque[Job] = deque()
         self._active: dict[int, Job] = {}  # id(row) -> job
@@ -168,7 +184,7 @@ class Scheduler:
         self, prompt_ids: list[int], settings: SamplingSettings, events: asyncio.Queue, index: int
     ) -> Job:
         loop = asyncio.get_running_loop()
-        mailbox = self._mailboxes.setdefault(loop, _Mailbox(loop))
+        mailbox = self._mailboxes.setdefault(loop, _Mailbox(loop, self.stream_interval))
         job = Job(list(prompt_ids), settings, events, mailbox, index)
         with self._wake:
             self._waiting.append(job)
