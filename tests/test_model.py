@@ -13,6 +13,7 @@ from tinyllm.model import (
     apply_rotary,
     rotary_tables,
     sample_next_token,
+    sample_next_tokens,
 )
 
 VOCAB = 23
@@ -269,3 +270,22 @@ def test_top_k_keeps_exactly_k_candidates_when_logits_tie():
     tied = torch.tensor([5.0, 1.0, 1.0, 1.0, 0.0])
     support = _draws(tied, n=2000, top_k=2, temperature=5.0)
     assert len(support) == 2 and 0 in support
+
+
+def test_a_batch_samples_each_seeded_row_as_it_would_alone():
+    """One batched call gives a seeded row the ids that one-row calls with its generator give,
+    whatever the other rows' settings (greedy ones draw nothing from their generator)."""
+    logits = torch.randn(5, VOCAB, generator=torch.Generator().manual_seed(1)) * 3
+    rows = [(0.8, 0, 1.0), (1.2, 5, 1.0), (0.7, 0, 0.6), (0.0, 3, 0.5), (1.5, 4, 0.9)]
+    batch = [torch.Generator().manual_seed(i) for i in range(len(rows))]
+    alone = [torch.Generator().manual_seed(i) for i in range(len(rows))]
+    for _ in range(50):
+        got = sample_next_tokens(logits, *zip(*rows, strict=True), batch)
+        want = [sample_next_token(logits[i], t, k, p, alone[i]) for i, (t, k, p) in enumerate(rows)]
+        assert got == want
+    unseeded = {
+        tuple(sample_next_tokens(logits[:2], [1.0, 0.0], [2, 0], [1.0, 1.0], [None, None]))
+        for _ in range(200)
+    }
+    assert {t for t, _ in unseeded} == set(logits[0].topk(2).indices.tolist())
+    assert {g for _, g in unseeded} == {int(logits[1].argmax())}

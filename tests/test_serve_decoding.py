@@ -3,6 +3,8 @@ batch and whenever it joined, gets exactly the tokens `Transformer.stream` gives
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 import torch
 
@@ -14,6 +16,7 @@ from tinyllm.generation import (
     StopFilter,
 )
 from tinyllm.model import ModelConfig, Transformer
+from tinyllm.serve.scheduler import End, Job, Piece, _Mailbox
 
 VARIANTS = [
     pytest.param({}, id="learned"),
@@ -104,3 +107,39 @@ def test_detokenizer_is_the_tokenizer_one_id_at_a_time():
     tokenizer = CharacterTokenizer().fit("abc")
     text = Detokenizer(tokenizer)
     assert [text.push(i) for i in tokenizer.encode("cab")] == ["c", "a", "b"]
+
+
+def test_pieces_posted_while_the_loop_is_busy_arrive_as_one():
+    """Steps that finish before the event loop takes the last hand-over join it: the client
+    gets one longer piece instead of one event per step."""
+
+    async def main() -> list:
+        mailbox = _Mailbox(asyncio.get_running_loop(), interval=0.0)
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job([1], SamplingSettings(), events, mailbox)
+        for text in "abc":  # the loop runs nothing until the sleep below
+            mailbox.post([(job, Piece(0, text))])
+        mailbox.post([(job, End(0, "length", 3))])
+        await asyncio.sleep(0)
+        first = [events.get_nowait() for _ in range(events.qsize())]
+        mailbox.post([(job, Piece(0, "d"))])
+        await asyncio.sleep(0)
+        return [*first, events.get_nowait()]
+
+    assert asyncio.run(main()) == [Piece(0, "abc"), End(0, "length", 3), Piece(0, "d")]
+
+
+def test_hand_overs_come_at_most_every_interval():
+    async def main() -> tuple[float, list]:
+        mailbox = _Mailbox(asyncio.get_running_loop(), interval=0.2)
+        events: asyncio.Queue = asyncio.Queue()
+        job = Job([1], SamplingSettings(), events, mailbox)
+        mailbox.post([(job, Piece(0, "a"))])  # the first goes at once
+        first = await events.get()
+        mailbox.post([(job, Piece(0, "b"))])
+        started = asyncio.get_running_loop().time()
+        second = await events.get()
+        return asyncio.get_running_loop().time() - started, [first, second]
+
+    waited, got = asyncio.run(main())
+    assert got == [Piece(0, "a"), Piece(0, "b")] and 0.1 < waited < 1.0

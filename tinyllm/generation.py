@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from tinyllm.model import Transformer, sample_next_token
+from tinyllm.model import Transformer, sample_next_tokens
 from tinyllm.tokenizer import CharacterTokenizer
 
 
@@ -215,6 +215,8 @@ class StopFilter:
         self.stopped = False
 
     def push(self, text: str) -> str:
+        if not self.stops:  # nothing to hold back (most requests): skip the search
+            return text
         if self.stopped:
             return ""
         pending = self.pending + text
@@ -272,9 +274,10 @@ class BatchDecoder:
 
     Rows join (`add`) and leave (`remove`) between steps. A new row's window is prefilled on its
     own (one forward of its prompt) and its first token sampled; every other row advances
-    together in one `Transformer.decode` forward, each at its own position, and is sampled with
-    its own temperature, top-k, top-p and generator, so a seeded row gives the same tokens as
-    `Transformer.stream` with that seed, whatever else is in the batch. The context window slides
+    together in one `Transformer.decode` forward, each at its own position. All rows are then
+    sampled in one `sample_next_tokens` call, each with its own temperature, top-k and top-p; a
+    seeded row draws from its own generator, so it gives the same tokens as `Transformer.stream`
+    with that seed, whatever else is in the batch. The context window slides
     as in `Transformer.stream`: when it is full, the row keeps the last half and is prefilled
     again.
     """
@@ -324,12 +327,14 @@ class BatchDecoder:
     @torch.inference_mode()
     def step(self) -> list[tuple[DecodingRow, int]]:
         """Sample one token for every row; returns (row, token) in row order."""
-        logits: dict[int, torch.Tensor] = {}
+        if not self.rows:
+            return []
+        prefilled: dict[int, torch.Tensor] = {}
         decoding = [row for row in self.rows if row.cached]
         for row in self.rows:
             if not row.cached:  # a newcomer, or a row whose window just slid
                 ids = torch.tensor([row.window], device=self.device)
-                logits[row.slot] = self.model(ids, self.cache.slot(row.slot))[0, -1]
+                prefilled[row.slot] = self.model(ids, self.cache.slot(row.slot))[0, -1]
                 row.cached = len(row.window)
         if decoding:
             tokens = torch.tensor([row.window[-1] for row in decoding], device=self.device)
@@ -342,18 +347,28 @@ class BatchDecoder:
                 if slots == list(range(len(slots)))
                 else torch.tensor(slots, device=self.device)
             )
-            out = self.model.decode(tokens, positions, self.cache, gather)
-            for i, row in enumerate(decoding):
-                logits[row.slot] = out[i]
+            decoded = self.model.decode(tokens, positions, self.cache, gather)
+            for row in decoding:
                 row.cached += 1
-        sampled = []
-        for row in self.rows:
-            s = row.settings
-            token = sample_next_token(
-                logits[row.slot], s.temperature, s.top_k or None, s.top_p, row.generator
-            )
+        if not prefilled:  # the usual step: every row decoded, already in row order
+            logits = decoded
+        else:
+            decoded_at = {row.slot: i for i, row in enumerate(decoding)}
+            logits = torch.stack([
+                prefilled[row.slot] if row.slot in prefilled else decoded[decoded_at[row.slot]]
+                for row in self.rows
+            ])  # fmt: skip
+        settings = [row.settings for row in self.rows]
+        tokens = sample_next_tokens(
+            logits,
+            [s.temperature for s in settings],
+            [s.top_k for s in settings],
+            [s.top_p for s in settings],
+            [row.generator for row in self.rows],
+        )
+        sampled = list(zip(self.rows, tokens, strict=True))
+        for row, token in sampled:
             self._advance(row, token)
-            sampled.append((row, token))
         return sampled
 
     def _advance(self, row: DecodingRow, token: int) -> None:

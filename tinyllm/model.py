@@ -6,7 +6,8 @@
 `forward` takes an optional `KVCache` so that generation pays for one new position per token
 instead of re-running the whole context; `stream` is the one sampling loop of a single sequence.
 `decode` advances many sequences at once, each at its own position of a `SlotKVCache` (the
-batched decoding of tinyllm.generation.BatchDecoder); both sample with `sample_next_token`.
+batched decoding of tinyllm.generation.BatchDecoder); both sample with `sample_next_tokens`
+(`sample_next_token` is its one-row case).
 """
 
 from __future__ import annotations
@@ -496,26 +497,74 @@ def sample_next_token(
     generator: torch.Generator | None = None,
 ) -> int:
     """Draw one id from a 1-D logits vector; temperature 0 (or one too small for float32)
-    means greedy. Top-k keeps exactly k candidates, also when logits tie at the k-th."""
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    means greedy. Top-k keeps exactly k candidates, also when logits tie at the k-th. The
+    one-row case of `sample_next_tokens`, so a seeded stream and a seeded batch row agree."""
+    (token,) = sample_next_tokens(
+        logits[None], [temperature], [top_k or 0], [1.0 if top_p is None else top_p], [generator]
+    )
+    return token
+
+
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def sample_next_tokens(
+    logits: torch.Tensor,
+    temperatures: Sequence[float],
+    top_ks: Sequence[int],
+    top_ps: Sequence[float],
+    generators: Sequence[torch.Generator | None],
+) -> list[int]:
+    """One id per row of (B, vocab) logits, row i with its own temperature (0, or one too small
+    for float32: greedy), top-k (0: off), top-p (1: off) and generator, in one pass over the
+    batch: per-row calls cost a server more Python than the batched forward itself.
+
+    A draw is the argmax of probs / Exp(1) noise (what `torch.multinomial` does for one sample,
+    so the ids are the ones it gives). A row with a generator draws its noise from it alone, so
+    its ids do not depend on the other rows; the rows without one share one draw from torch's
+    global generator. Settings come as Python numbers so the limits nobody asked for cost no
+    tensor operations.
+    """
+    if any(t < 0 for t in temperatures):
+        raise ValueError(f"temperature must be >= 0, got {min(temperatures)}")
+    greedy = [t < _TINY for t in temperatures]
     logits = logits.float()
-    # below float32's smallest normal number the temperature itself rounds to 0 (and 0 / 0 is
-    # NaN): sample as greedy, which such a temperature amounts to anyway
-    if temperature < torch.finfo(logits.dtype).tiny:
-        return int(torch.argmax(logits))
+    if all(greedy):
+        return logits.argmax(-1).tolist()
     # shifted so the largest is 0: a tiny temperature then sends the others to -inf instead of
     # overflowing to inf (inf - inf is NaN in softmax); the top token keeps probability 1
-    logits = (logits - logits.max()) / temperature
-    if top_k and top_k < logits.size(-1):
-        # exactly k candidates, also when logits tie at the k-th (a `< kth` mask keeps every tie)
-        top = torch.topk(logits, top_k)
-        logits = torch.full_like(logits, float("-inf")).scatter(0, top.indices, top.values)
-    probs = F.softmax(logits, dim=-1)
-    if top_p is not None and 0.0 < top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
+    scale = torch.tensor(
+        [1.0 if g else float(t) for g, t in zip(greedy, temperatures, strict=True)]
+    )
+    scaled = (logits - logits.amax(-1, keepdim=True)) / scale[:, None]
+    vocab = logits.size(-1)
+    ks = [k if 0 < k < vocab else vocab for k in top_ks]
+    ps = [p if 0.0 < p < 1.0 else math.inf for p in top_ps]
+    order = None
+    if min(ks) < vocab or min(ps) < 1.0:
+        # one sort serves both limits; masking by rank keeps exactly k candidates, also when
+        # logits tie at the k-th (a `< kth` mask keeps every tie)
+        scaled, order = scaled.sort(-1, descending=True)
+        if min(ks) < vocab:
+            outside = torch.arange(vocab) >= torch.tensor(ks)[:, None]
+            scaled = scaled.masked_fill(outside, -math.inf)
+    probs = torch.softmax(scaled, -1)
+    if order is not None and min(ps) < 1.0:
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        outside = sorted_probs.cumsum(0) - sorted_probs >= top_p
-        sorted_probs[outside] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        outside = probs.cumsum(-1) - probs >= torch.tensor(ps)[:, None]
+        probs = probs.masked_fill(outside, 0.0)
+    noise = torch.empty_like(logits)
+    if None in generators:
+        noise.exponential_()
+    for row, generator in enumerate(generators):
+        if generator is not None and not greedy[row]:
+            noise[row].exponential_(generator=generator)
+    if order is None:
+        tokens = (probs / noise).argmax(-1).tolist()
+    else:
+        pick = (probs / noise.gather(-1, order)).argmax(-1, keepdim=True)
+        tokens = order.gather(-1, pick)[:, 0].tolist()
+    if any(greedy):
+        best = logits.argmax(-1).tolist()
+        tokens = [b if g else t for g, b, t in zip(greedy, best, tokens, strict=True)]
+    return tokens

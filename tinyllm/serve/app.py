@@ -59,6 +59,9 @@ class ServeConfig:
     model_id: str = "tinyllm"
     api_key: str | None = None
     max_batch: int = 16  # requests decoded together; more wait for a slot
+    # text is handed to the event loop at most this often (seconds): under load a client gets
+    # fewer, longer pieces, and the cores go to decoding instead of per-event work
+    stream_interval: float = 0.02
     max_tokens_cap: int = 4096
     default_max_tokens: int = 256
     max_prompt_chars: int = 32_768  # per prompt (the model sees its last context_length)
@@ -198,7 +201,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         log.warning("%s", warning)
     defaults = defaults.updated(max_tokens=min(config.default_max_tokens, config.max_tokens_cap))
     tokenizer, model = loaded.tokenizer, loaded.model
-    scheduler = Scheduler(model, tokenizer, max_batch=config.max_batch)
+    scheduler = Scheduler(model, tokenizer, config.max_batch, config.stream_interval)
     page = {
         name: (resources.files("tinyllm.serve") / "static" / name).read_bytes() for name in _PAGE
     }

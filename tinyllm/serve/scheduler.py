@@ -7,7 +7,8 @@
 
 Requests wait in a queue until a slot of the batch is free; each step of `BatchDecoder` samples
 one token for every active request (newcomers are prefilled first), and the text goes through
-the request's own `Detokenizer` and `StopFilter` before it is handed to the event loop. A request
+the request's own `Detokenizer` and `StopFilter` before it is handed to the event loop (text that
+arrives while the loop is still busy with an earlier step joins that hand-over). A request
 leaves the batch when it hits a stop text, reaches its `max_tokens`, or is cancelled (its client
 went away); the step after, its slot is free.
 """
@@ -16,9 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import math
 import threading
+import time
+import weakref
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -29,7 +33,6 @@ from tinyllm.generation import (
     Detokenizer,
     SamplingSettings,
     StopFilter,
-    seeded_generator,
 )
 from tinyllm.model import Transformer
 from tinyllm.tokenizer import CharacterTokenizer
@@ -64,7 +67,7 @@ class Job:
     prompt_ids: list[int]
     settings: SamplingSettings
     events: asyncio.Queue
-    loop: asyncio.AbstractEventLoop
+    mailbox: _Mailbox  # the way to the event loop that owns `events`
     index: int = 0
     cancelled: bool = False
     # owned by the scheduler thread
@@ -74,39 +77,78 @@ class Job:
     characters: int = 0
 
     def emit(self, event: Piece | End | Failure) -> None:
-        _deliver([(self, event)])
+        self.mailbox.post([(self, event)])
 
 
-def _deliver(outbox: list[tuple[Job, Piece | End | Failure]]) -> None:
-    """Hand events to their jobs' queues: one wake-up of each event loop for the lot."""
-    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
-    for job, event in outbox:
-        by_loop.setdefault(job.loop, []).append((job.events, event))
-    for loop, items in by_loop.items():
-        try:
-            loop.call_soon_threadsafe(_put_all, items)
-        except RuntimeError:  # the event loop is closed: the server is shutting down
-            for job, _ in outbox:
-                job.cancelled = True
+class _Mailbox:
+    """Events on their way from the decode thread to one event loop.
 
+    The loop takes them at most every `interval` seconds (an idle server's first event goes at
+    once); what the decoder produces meanwhile joins the pending hand-over, a job's pieces
+    merged into one. Many clients then cost one wake-up of the loop and one server-sent event
+    per job every few steps, not one per job and step: that per-event work (the loop, the HTTP
+    layer, the client's parsing) shares the two cores with the decoder.
+    """
 
-def _put_all(items: list[tuple[asyncio.Queue, Piece | End | Failure]]) -> None:
-    for queue, event in items:
-        queue.put_nowait(event)
+    def __init__(self, loop: asyncio.AbstractEventLoop, interval: float) -> None:
+        self.loop = loop
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._pending: dict[Job, list[Piece | End | Failure]] = {}
+        self._last = -math.inf  # time.monotonic() of the last hand-over
+
+    def post(self, outbox: Sequence[tuple[Job, Piece | End | Failure]]) -> None:
+        with self._lock:
+            wake = not self._pending
+            for job, event in outbox:
+                events = self._pending.setdefault(job, [])
+                last = events[-1] if events else None
+                if isinstance(event, Piece) and isinstance(last, Piece):
+                    events[-1] = Piece(event.index, last.text + event.text)
+                else:
+                    events.append(event)
+            if not wake:
+                return  # the hand-over already scheduled takes these too
+            wait = self._last + self.interval - time.monotonic()
+            try:
+                if wait > 0:
+                    self.loop.call_soon_threadsafe(self.loop.call_later, wait, self._hand_over)
+                else:
+                    self.loop.call_soon_threadsafe(self._hand_over)
+            except RuntimeError:  # the event loop is closed: the server is shutting down
+                for job in self._pending:
+                    job.cancelled = True
+                self._pending.clear()
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            self._last = time.monotonic()
+        for job, events in pending.items():
+            for event in events:
+                job.events.put_nowait(event)
 
 
 class Scheduler:
     """The decode loop in a background thread; the event loop only submits and cancels."""
 
     def __init__(
-        self, model: Transformer, tokenizer: CharacterTokenizer, max_batch: int = 16
+        self,
+        model: Transformer,
+        tokenizer: CharacterTokenizer,
+        max_batch: int = 16,
+        stream_interval: float = 0.02,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.stream_interval = stream_interval  # seconds between hand-overs to an event loop
         self._decoder = BatchDecoder(model, max_batch)
         self._waiting: deque[Job] = deque()
         self._active: dict[int, Job] = {}  # id(row) -> job
+        self._mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Mailbox] = (
+            weakref.WeakKeyDictionary()
+        )
         self._wake = threading.Condition()
         self._running = False
         self._thread: threading.Thread | None = None
@@ -141,7 +183,9 @@ class Scheduler:
     def submit(
         self, prompt_ids: list[int], settings: SamplingSettings, events: asyncio.Queue, index: int
     ) -> Job:
-        job = Job(list(prompt_ids), settings, events, asyncio.get_running_loop(), index)
+        loop = asyncio.get_running_loop()
+        mailbox = self._mailboxes.setdefault(loop, _Mailbox(loop, self.stream_interval))
+        job = Job(list(prompt_ids), settings, events, mailbox, index)
         with self._wake:
             self._waiting.append(job)
             self._wake.notify()
@@ -182,12 +226,10 @@ class Scheduler:
                 job = self._waiting.popleft()
             if job.cancelled:
                 continue
-            settings = job.settings
-            seed = settings.seed if settings.seed is not None else secrets.randbits(63)
-            generator = seeded_generator(self.model, seed)
-            job.row = self._decoder.add(job.prompt_ids, settings, generator)
+            # a seeded row gets a generator of its own; the others are sampled together
+            job.row = self._decoder.add(job.prompt_ids, job.settings)
             job.text = Detokenizer(self.tokenizer)
-            job.stops = StopFilter(settings.stops)
+            job.stops = StopFilter(job.settings.stops)
             self._active[id(job.row)] = job
 
     def _drop_cancelled(self) -> None:
@@ -219,7 +261,16 @@ class Scheduler:
             if finish:
                 outbox.append((job, End(job.index, finish, job.characters)))
                 self._leave(job)
-        _deliver(outbox)
+        self._post(outbox)
+
+    @staticmethod
+    def _post(outbox: list[tuple[Job, Piece | End]]) -> None:
+        """One post per event loop for the step's events (a server has one loop)."""
+        by_mailbox: dict[_Mailbox, list[tuple[Job, Piece | End]]] = {}
+        for job, event in outbox:
+            by_mailbox.setdefault(job.mailbox, []).append((job, event))
+        for mailbox, events in by_mailbox.items():
+            mailbox.post(events)
 
     def _fail_all(self, message: str) -> None:
         for job in list(self._active.values()):
