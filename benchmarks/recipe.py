@@ -1,12 +1,16 @@
 """Learning per CPU-minute: drive the project's own `python train.py -m` over candidate recipes.
 
-    python -m benchmarks.recipe --corpus ../shared/data/tinyshakespeare.txt --stage proxy
+    python -m benchmarks.recipe --corpus ../shared/data/tinyshakespeare.txt --stage screen
     python -m benchmarks.recipe --corpus ../shared/data/tinyshakespeare.txt --stage final
-    python -m benchmarks.recipe --corpus ../shared/data/tinyshakespeare.txt --stage ablation
 
-Every run measures validation loss over the WHOLE validation split (`data.max_val_windows=null`,
-90/10 split in file order). Each stage is a list of Hydra multiruns; each multirun's folder lands
-under `outputs/bench/<stage>/<name>` and `python -m benchmarks.plot` draws their curves.
+`screen` compares candidates at a fixed number of steps (600, a full warmup and cosine each),
+so that their losses do not depend on how loaded the machine is; their speed is measured apart
+(`python -m benchmarks.switches`). `final` runs the default recipe as a user runs it
+(`python train.py data.path=...`, its 10-minute time budget, two seeds) beside the previous
+AdamW recipe and nanoGPT's hyper-parameters; `python eval.py <run>/best` then scores each over
+the whole validation split. `proxy` and `ablation` are the previous round's stages, kept to
+reproduce its table. Each multirun's folder lands under `outputs/bench/<stage>/<name>` and
+`python -m benchmarks.plot` draws their curves.
 """
 
 from __future__ import annotations
@@ -18,12 +22,27 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Common to every run: the benchmark's data settings and no checkpoint files to slow anything.
-COMMON = [
-    "training.val_split=0.1",
-    "data.max_val_windows=null",
-    "print_config=false",
+# Common to every run: the benchmark's split (90/10 in file order, nanoGPT's) and a quiet log.
+COMMON = ["training.val_split=0.1", "print_config=false"]
+# the previous round's stages also validated over the whole split during training
+WHOLE_SPLIT = ["data.max_val_windows=null"]
+
+# Screens: 600 steps each, fp32 (what a CPU without fast bf16 runs), validation over the whole
+# split; each row changes one thing against `muon` (the default before the architecture options).
+SCREEN_BASE = [
+    *WHOLE_SPLIT,
+    "training.time_budget=null",
+    "trainer.max_steps=600",
+    "trainer.precision=32-true",
+    "callbacks.sample_text=null",
 ]
+SCREEN = {
+    "adamw": [*SCREEN_BASE, "training.optimizer=adamw"],
+    "muon": [*SCREEN_BASE],
+    "muon_qwen3_zero": [*SCREEN_BASE, "model.qk_norm=true", "model.mlp=swiglu",
+                        "model.norm=rmsnorm", "model.bias=false", "model.zero_init=true"],
+    "muon_relu2_zero": [*SCREEN_BASE, "model.mlp=relu2", "model.zero_init=true"],
+}  # fmt: skip
 
 # Proxies: ~4 minutes each on 2 cores. max_steps is sized from measured throughput so that the
 # cosine schedule completes inside the budget (max_time is only a safety bound).
@@ -55,11 +74,14 @@ PROXY = {
         "trainer.max_steps=1100",
     ],
 }
+PROXY = {name: [*WHOLE_SPLIT, *overrides] for name, overrides in PROXY.items()}
 
 FINAL = {
-    # the tuned recipe on tiny-shakespeare; max_time off so that the schedule always completes
-    # (the wall time it took, and the load, go into RESULTS.md)
-    "tinyshakespeare_cpu": ["experiment=tinyshakespeare_cpu", "training.time_budget=null"],
+    # the default recipe exactly as a user runs it (its 10-minute time budget), two seeds
+    "default": [],
+    "default_seed2": ["seed=2"],
+    # the previous round's tuned recipe (AdamW), under the same 10-minute budget
+    "tinyshakespeare_cpu": ["experiment=tinyshakespeare_cpu", "training.time_budget=10m"],
     # nanoGPT's README CPU recipe, as close as our pipeline gets: 4x4x128, context 64, batch 12,
     # 2000 iterations, lr 1e-3 decayed to 1e-4 over 2000 steps, no dropout, fp32.
     "nanogpt_cpu": ["experiment=nanogpt_cpu"],
@@ -67,7 +89,7 @@ FINAL = {
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight
 # start from the recipe before rotary positions (learned positions, no dropout, 3,500 steps).
-BASE = ["experiment=tinyshakespeare_cpu", "training.time_budget=null"]
+BASE = ["experiment=tinyshakespeare_cpu", "training.time_budget=null", *WHOLE_SPLIT]
 LEARNED = [*BASE, "model.positional=learned"]
 ABLATION = {
     "learned_positions": [*LEARNED, "model.dropout=0.0", "trainer.max_steps=3500"],
@@ -91,7 +113,7 @@ ABLATION = {
     "tinyshakespeare_cpu_seed2": [*BASE, "seed=2"],
 }  # fmt: skip
 
-STAGES = {"proxy": PROXY, "final": FINAL, "ablation": ABLATION}
+STAGES = {"screen": SCREEN, "final": FINAL, "proxy": PROXY, "ablation": ABLATION}
 
 
 def final_run_dirs(out: str = "outputs/bench") -> list[Path]:
@@ -106,10 +128,17 @@ def multirun(name: str, overrides: list[str], corpus: str, out: Path, extra: lis
     return subprocess.call(command, cwd=ROOT)
 
 
+def score(out: Path) -> None:
+    """Each run's best/ over the whole validation split, as a user scores it (eval.json beside)."""
+    for best in sorted(out.glob("*/*/best")):
+        command = [sys.executable, "eval.py", str(best), "--json", "--output"]
+        subprocess.call([*command, str(best.parent / "eval.json")], cwd=ROOT)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", required=True, help="e.g. ../shared/data/tinyshakespeare.txt")
-    parser.add_argument("--stage", choices=sorted(STAGES), default="proxy")
+    parser.add_argument("--stage", choices=sorted(STAGES), default="screen")
     parser.add_argument("--only", nargs="*", help="run only these names of the stage")
     parser.add_argument("--out", default="outputs/bench", help="folder for the runs")
     parser.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
@@ -120,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.only and name not in args.only:
             continue
         multirun(name, overrides, corpus, out, args.extra)
+    if args.stage == "final":
+        score(out)
 
 
 if __name__ == "__main__":

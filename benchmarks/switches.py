@@ -7,6 +7,9 @@ Groups, each measured in alternating rounds in one process (training tokens/s, m
   compile     model.compile=false | true (plus the one-off compile time of the first steps)
   optimizer   training.optimizer_impl=auto | foreach | fused | loop (gradient clipping off)
   threads     training.num_threads=1 | 2 (torch.set_num_threads)
+  muon        training.optimizer=adamw | muon | muon with 3 Newton-Schulz steps
+  block       the model's block as GPT-NeoX (layernorm, gelu) | Qwen3 (rmsnorm, swiglu, qk_norm,
+              no biases) | Nemotron (layernorm, relu2)
 Every variant starts from the configured default recipe with only that switch changed.
 """
 
@@ -29,6 +32,18 @@ GROUPS = {
     "optimizer": {
         impl: [f"training.optimizer_impl={impl}", "training.gradient_clip=0"]
         for impl in ("auto", "foreach", "fused", "loop")
+    },
+    "muon": {
+        "adamw": ["training.optimizer=adamw"],
+        "muon": ["training.optimizer=muon"],
+        "muon, 3 NS steps": ["training.optimizer=muon", "training.muon_ns_steps=3"],
+    },
+    "block": {
+        "gpt-neox": ["model.norm=layernorm", "model.mlp=gelu", "model.qk_norm=false"],
+        "qwen3": [
+            *("model.norm=rmsnorm", "model.mlp=swiglu", "model.qk_norm=true", "model.bias=false")
+        ],
+        "nemotron": ["model.norm=layernorm", "model.mlp=relu2", "model.qk_norm=false"],
     },
     "threads": {
         f"{n} thread{'s' if n > 1 else ''}": [f"training.num_threads={n}"]
