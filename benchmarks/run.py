@@ -36,10 +36,17 @@ NANOGPT_SAMPLE_CHARS_PER_S = 270
 def collect(args) -> dict:
     results = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.train:
-        from benchmarks import recipe
+        from benchmarks import nanogpt, recipe
 
         recipe.main(["--corpus", args.corpus, "--stage", "final"])
         args.runs = args.runs or sorted(str(p) for p in recipe.final_run_dirs())
+        # nanoGPT itself, same machine, same session (skipped with a line if its files are absent)
+        curve = Path("outputs/bench/nanogpt/curve.json")
+        try:
+            nanogpt.main(["--corpus", args.corpus, "--out", str(curve)])
+            args.nanogpt = args.nanogpt or [str(curve)]
+        except SystemExit as e:
+            print(f"nanoGPT not run: {e}", file=sys.stderr)
     only = args.only or BENCHMARKS
     if "overhead" in only:
         results["overhead"] = overhead.run(args.corpus, args.quick)
@@ -52,12 +59,12 @@ def collect(args) -> dict:
     if "memory" in only:
         results["memory"] = memory.run(args.corpus, args.quick)
     if "switches" in only:
-        results["switches"] = switches.run(args.corpus, args.quick)
+        results["switches"] = switches.run(args.corpus, args.quick, args.switch_groups)
     if args.runs:
         from benchmarks import plot
 
         png = Path(args.out).with_name("val_loss_vs_time.png")
-        results["learning"] = plot.plot(args.runs, str(png))
+        results["learning"] = plot.plot(args.runs, str(png), target=1.40, nanogpt=args.nanogpt)
         results["learning_plot"] = png.name
     results["finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["load_after"] = machine()["load"]
@@ -257,7 +264,13 @@ def main(argv=None) -> None:
         "--only", nargs="*", choices=(*BENCHMARKS, "learning"), help="learning: the plot alone"
     )
     parser.add_argument("--train", action="store_true", help="run the final training runs first")
+    parser.add_argument(
+        "--switch-groups", nargs="*", choices=sorted(switches.GROUPS), help="default: all"
+    )
     parser.add_argument("--runs", nargs="*", help="training run folders to plot")
+    parser.add_argument(
+        "--nanogpt", nargs="*", default=[], help="curve files of benchmarks/nanogpt.py to plot"
+    )
     args = parser.parse_args(argv)
     results = collect(args)
     out = Path(args.out)
