@@ -110,6 +110,9 @@ class Pipeline:
         All configured callbacks and the logger are on; no validation falls inside a round.
         """
         timer = StepTimer(warm, steps)
+        # each round is a fresh run: a learning-rate plan left by an earlier round of other
+        # length would end this one early (the time budget stops at the plan's last step)
+        self.module.lr_plan = None
         cfg = self.cfg if callbacks else OmegaConf.merge(self.cfg, {"callbacks": None})
         trainer, _ = build_trainer(
             cfg,

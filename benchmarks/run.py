@@ -278,6 +278,9 @@ def main(argv=None) -> None:
     if args.only and previous.exists():  # a partial re-run keeps the other benchmarks' figures
         merged = json.loads(previous.read_text())
         rerun = f"{', '.join(args.only)} re-measured {results['started']} to {results['finished']}"
+        m, before = results["machine"], merged.get("machine", {})
+        if (m["cpu"], m["cpu_flags"]) != (before.get("cpu"), before.get("cpu_flags")):
+            rerun += f" on another machine: {m['cpu']} ({m['cpu_flags']})"  # say which figures
         merged.setdefault("reruns", []).append(rerun)
         # the header keeps the first full run's machine and load; a re-run only adds its line
         kept = ("started", "finished", "machine", "load_after")

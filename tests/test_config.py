@@ -369,3 +369,25 @@ def test_optional_loggers_are_configured_offline(tmp_path, name):
         assert logger.tracking_uri.startswith("file:")
     else:
         assert logger.offline is True
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_and_saves_plain_weights(tmp_path, corpus_file):
+    """`model.compile=true` runs the training forward through torch.compile (dynamo compiles
+    graphs) and the artifacts still hold the plain Transformer's weights."""
+    import json
+
+    import torch._dynamo
+    from safetensors import safe_open
+
+    torch._dynamo.reset()
+    compiled_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    run, score = _tiny_run(tmp_path, corpus_file, "model.compile=true", "trainer.max_steps=6",
+                           "training.val_interval=3", "callbacks.sample_text=null")  # fmt: skip
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > compiled_before
+    assert (
+        score is not None and json.loads((run / "best" / "metadata.json").read_text())["step"] == 6
+    )
+    with safe_open(str(run / "best" / "model.safetensors"), "pt") as weights:
+        keys = set(weights.keys())
+    assert "token_embedding.weight" in keys and not any("_orig_mod" in k for k in keys)
