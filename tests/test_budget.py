@@ -127,3 +127,34 @@ def test_resumed_run_trains_to_the_new_steps_with_a_continuous_rate(tmp_path, co
     # the finished run was at its floor; the extra steps continue from it, without a jump
     assert before == pytest.approx(1e-3) and after == pytest.approx(1e-3)
     assert second["lr_plan"]["end_step"] == 40 and second["lr_plan"]["anchor_step"] == 20
+
+
+class SlowStart(L.Callback):
+    """Slow first steps, then full speed: a machine whose early steps mislead the plan."""
+
+    def __init__(self, seconds: float, steps: int):
+        self.seconds, self.steps = seconds, steps
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step <= self.steps:
+            time.sleep(self.seconds)
+
+
+def test_run_faster_than_its_plan_extends_it_once(tmp_path, corpus_file, caplog):
+    run = tmp_path / "run"
+    with caplog.at_level("INFO", logger="tinyllm"):
+        score = _train(
+            run, corpus_file, "training.time_budget=6s", "trainer.max_steps=100000",
+            "training.warmup_steps=3", f"+callbacks.slow._target_={__name__}.SlowStart",
+            "+callbacks.slow.seconds=0.15", "+callbacks.slow.steps=8",
+        )  # fmt: skip
+    messages = [r.message for r in caplog.records]
+    (planned,) = [m for m in messages if "planning" in m]
+    first_end = int(planned.split("planning ")[1].split(" steps")[0].replace(",", ""))
+    (extended,) = [m for m in messages if "extending to" in m]
+    new_end = int(extended.split("extending to ")[1].split(" steps")[0].replace(",", ""))
+    assert new_end > first_end
+    assert _last_step(run) == new_end  # trained to the new plan within the budget
+    rates = _scalars(run, "lr")
+    assert rates[max(rates)] == pytest.approx(1e-2 * 0.1, rel=0.05)  # the floor at the new end
+    _assert_validated_at_end(run, score)

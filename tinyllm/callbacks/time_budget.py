@@ -19,6 +19,11 @@ class TimeBudget(L.Callback):
     the schedule follows the clock whenever the clock is further on than the steps, so the floor
     is reached when the budget ends even if the machine slows down, and training stops there.
 
+    Halfway through the plan (in steps or in time), the speed is measured again over every step
+    since (validations included): the first steps of a run are its slowest, so a machine that turned
+    out faster than planned extends the plan once (never past `max_steps`), the decay continuing
+    smoothly to the new end; a slower one is already covered by the clock.
+
     Reproducible: on a machine that keeps its speed the plan is a step count and the schedule a
     function of the step, so the same seed gives the same run (and always when `max_steps` fits:
     the plan is then `max_steps`). The planned count itself depends on the machine's speed.
@@ -28,6 +33,7 @@ class TimeBudget(L.Callback):
     WARMUP_STEPS = 3  # not timed: the first steps pay for allocation and kernel selection
     MEASURE_STEPS = 20
     MARGIN = 0.05  # of the remaining budget, for what the estimate misses (samples, jitter)
+    EXTEND_BY = 0.05  # the halfway check extends the plan only by more than this share
 
     def __init__(self, seconds: float | None):
         self.seconds = seconds
@@ -35,13 +41,16 @@ class TimeBudget(L.Callback):
         self._start_step = 0
         self._timed_from: tuple[int, float] | None = None
         self._planned_at: tuple[int, float] | None = None
+        self._rechecked = False
+        self._most_steps: int | None = None  # what the plan cut down: the most an extension gives
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._start
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._start, self._start_step = time.monotonic(), trainer.global_step
-        self._timed_from = self._planned_at = None
+        self._timed_from = self._planned_at = self._most_steps = None
+        self._rechecked = False
         plan = getattr(pl_module, "lr_plan", None)
         if plan is None:
             return
@@ -79,6 +88,15 @@ class TimeBudget(L.Callback):
                 self._plan(trainer, pl_module, step, elapsed, measured_time / measured_steps)
         plan = getattr(pl_module, "lr_plan", None)
         follows_clock = plan is not None and not pl_module.hparams.get("lr_decay_steps")
+        if self._planned_at is not None and follows_clock and not self._rechecked:
+            planned_step, planned_time = self._planned_at
+            # halfway in time or in planned steps, whichever comes first; rank zero decides, so
+            # every rank re-plans at the same step (DDP)
+            halfway = elapsed - planned_time >= (self.seconds - planned_time) / 2
+            halfway |= step - planned_step >= (plan.end_step - planned_step) / 2
+            if trainer.strategy.broadcast(halfway):
+                self._rechecked = True
+                self._extend(trainer, plan, step, elapsed, planned_step, planned_time)
         if self._planned_at is not None and follows_clock:
             planned_step, planned_time = self._planned_at
             share = (elapsed - planned_time) / max(1e-9, self.seconds - planned_time)
@@ -114,6 +132,7 @@ class TimeBudget(L.Callback):
             )
             return
         new_end = step + fits
+        self._most_steps = end
         if fits > 100:
             new_end -= new_end % 10  # a round number: the same plan on a machine of the same speed
         log.info(
@@ -126,6 +145,31 @@ class TimeBudget(L.Callback):
         )
         if plan is not None and not pl_module.hparams.get("lr_decay_steps"):
             plan.move_end(step, new_end)
+        trainer.fit_loop.epoch_loop.max_steps = new_end
+
+    def _extend(self, trainer, plan, step: int, elapsed: float, since_step: int, since: float):
+        """Re-plan once, halfway: more steps if the run has been faster than its plan assumed."""
+        wanted = self._most_steps
+        if step <= since_step or wanted is None or plan.end_step >= wanted:
+            return
+        step_seconds = (elapsed - since) / (step - since_step)  # validations included
+        final_val = 0.35 * _val_batches(trainer) * step_seconds
+        fits = int(((self.seconds - elapsed) * (1 - self.MARGIN) - final_val) / step_seconds)
+        new_end = trainer.strategy.broadcast(min(wanted, step + max(0, fits)))
+        if new_end - plan.end_step <= self.EXTEND_BY * (plan.end_step - since_step):
+            return
+        if new_end < wanted and new_end - step > 100:
+            new_end -= new_end % 10
+        log.info(
+            "time budget %s: faster than planned (%.1f steps/s since the plan): extending to %s "
+            "steps (of %s)",
+            _duration(self.seconds),
+            1 / step_seconds,
+            f"{new_end:,}",
+            f"{wanted:,}",
+        )
+        plan.move_end(step, new_end)
+        self._planned_at = (step, elapsed)
         trainer.fit_loop.epoch_loop.max_steps = new_end
 
 
