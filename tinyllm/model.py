@@ -189,12 +189,11 @@ class RMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
 
 
-def make_norm(config: ModelConfig, width: int | None = None) -> nn.Module:
-    """The model's normalisation layer over `width` features (default n_embd)."""
-    width = width or config.n_embd
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The model's normalisation layer over the residual stream (n_embd features)."""
     if config.norm == "rmsnorm":  # no mean subtraction, no bias: x / rms(x) * weight
-        return RMSNorm(width, eps=RMS_NORM_EPS)
-    return nn.LayerNorm(width, bias=config.bias)
+        return RMSNorm(config.n_embd, eps=RMS_NORM_EPS)
+    return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
 class CausalSelfAttention(nn.Module):
@@ -334,17 +333,12 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.token_embedding.weight
         self.apply(self._init_weights)
         # GPT-2: scale the residual projections so the residual stream's variance does not grow
-        # with depth.
+        # with depth; zero_init starts them (and an untied head) at zero instead.
         for name, p in self.named_parameters():
-            if name.endswith("proj.weight"):
+            if config.zero_init and (name.endswith("proj.weight") or name == "lm_head.weight"):
+                nn.init.zeros_(p)  # a tied head is listed as token_embedding.weight: kept
+            elif name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        if config.zero_init:
-            head = [] if config.tie_weights else [self.lm_head.weight]
-            for name, p in self.named_parameters():
-                if name.endswith("proj.weight"):
-                    nn.init.zeros_(p)
-            for p in head:
-                nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:

@@ -98,12 +98,13 @@ def build_optimizer(model: torch.nn.Module, hp) -> torch.optim.Optimizer:
     kwargs = {"foreach": False} if impl == "loop" else kwargs
     adam_cls = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
     muon = hp.optimizer == "muon"
-    hidden = [p for n, p in named if muon and is_hidden_matrix(n, p)]
-    rest = [(n, p) for n, p in named if not (muon and is_hidden_matrix(n, p))]
+    hidden, rest = [], []
+    for name, p in named:
+        (hidden if muon and is_hidden_matrix(name, p) else rest).append(p)
     adam = adam_cls(
         [
-            {"params": [p for _, p in rest if p.dim() >= 2], "weight_decay": hp.weight_decay},
-            {"params": [p for _, p in rest if p.dim() < 2], "weight_decay": 0.0},
+            {"params": [p for p in rest if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
         ],
         lr=hp.learning_rate,
         betas=tuple(hp.betas),

@@ -115,12 +115,8 @@ class TimeBudget(L.Callback):
             end = min(end or plan.end_step, plan.end_step)
         if end is None:
             return
-        left = self.seconds - elapsed
-        # a validation costs about a third of a training step per batch (forward only)
         val_every = trainer.val_check_batch if isinstance(trainer.val_check_batch, int) else 0
-        val_cost = 0.35 * _val_batches(trainer)
-        usable = left * (1 - self.MARGIN) / step_seconds - val_cost  # the final validation
-        fits = int(usable / (1 + (val_cost / val_every if val_every else 0)))
+        fits = self._steps_that_fit(trainer, elapsed, step_seconds, val_every)
         fits = trainer.strategy.broadcast(max(1, fits))
         if step + fits >= end:
             log.info(
@@ -153,8 +149,7 @@ class TimeBudget(L.Callback):
         if step <= since_step or wanted is None or plan.end_step >= wanted:
             return
         step_seconds = (elapsed - since) / (step - since_step)  # validations included
-        final_val = 0.35 * _val_batches(trainer) * step_seconds
-        fits = int(((self.seconds - elapsed) * (1 - self.MARGIN) - final_val) / step_seconds)
+        fits = self._steps_that_fit(trainer, elapsed, step_seconds, val_every=0)
         new_end = trainer.strategy.broadcast(min(wanted, step + max(0, fits)))
         if new_end - plan.end_step <= self.EXTEND_BY * (plan.end_step - since_step):
             return
@@ -171,6 +166,14 @@ class TimeBudget(L.Callback):
         plan.move_end(step, new_end)
         self._planned_at = (step, elapsed)
         trainer.fit_loop.epoch_loop.max_steps = new_end
+
+    def _steps_that_fit(self, trainer, elapsed: float, step_seconds: float, val_every: int) -> int:
+        """Steps that fit in the rest of the budget, less its margin and the final validation,
+        with a validation every `val_every` steps (0: `step_seconds` already includes them)."""
+        # a validation costs about a third of a training step per batch (forward only)
+        val_cost = 0.35 * _val_batches(trainer)
+        usable = (self.seconds - elapsed) * (1 - self.MARGIN) / step_seconds - val_cost
+        return int(usable / (1 + (val_cost / val_every if val_every else 0)))
 
 
 def _val_batches(trainer: L.Trainer) -> int:
