@@ -104,16 +104,23 @@ class Pipeline:
 
     # --- the real Lightning pipeline ---------------------------------------------------------
 
-    def lightning_round(self, steps: int, warm: int = 2, callbacks: bool = True) -> float:
+    def lightning_round(
+        self, steps: int, warm: int = 2, callbacks: bool = True, logger: bool = True
+    ) -> float:
         """Fit `warm + steps` steps with a fresh Trainer; seconds per step over the last `steps`.
 
-        All configured callbacks and the logger are on; no validation falls inside a round.
+        The configured callbacks and logger are on unless switched off (the callbacks every run
+        keeps, tinyllm.training.build_trainer, stay); no validation falls inside a round.
         """
         timer = StepTimer(warm, steps)
         # each round is a fresh run: a learning-rate plan left by an earlier round of other
         # length would end this one early (the time budget stops at the plan's last step)
         self.module.lr_plan = None
-        cfg = self.cfg if callbacks else OmegaConf.merge(self.cfg, {"callbacks": None})
+        cfg = self.cfg
+        if not callbacks:
+            cfg = OmegaConf.merge(cfg, {"callbacks": None})
+        if not logger:
+            cfg = OmegaConf.merge(cfg, {"logger": None})
         trainer, _ = build_trainer(
             cfg,
             Path(self.workdir),

@@ -8,11 +8,31 @@ PyTorch step over the same model object, the same data loader, the same optimize
 parameter groups, gradient clipping and LR schedule. Rounds alternate in one process so that the
 machine's noise hits both alike; the ratio is of the medians. Run for the default recipe and for
 nanoGPT's CPU hyper-parameters (target: the pipeline >= nanoGPT's ~16k tokens/s).
+
+    python -m benchmarks.overhead --corpus ../shared/data/tinyshakespeare.txt --floor
+
+`--floor` splits the nanoGPT recipe's overhead: the plain loop; Lightning's floor (a bare
+LightningModule over the same model, optimizer, schedule and clipping, with no callback, logger,
+progress bar or checkpointing: the least any Lightning training loop costs); the pipeline without
+its configured callbacks and logger; the whole pipeline.
 """
 
 from __future__ import annotations
 
-from benchmarks.common import NANOGPT_CPU, QUICK, Pipeline, bench_parser, median, report
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import (
+    NANOGPT_CPU,
+    QUICK,
+    Pipeline,
+    StepTimer,
+    bench_parser,
+    median,
+    report,
+)
+from tinyllm.optimizers import build_optimizer
 
 CONFIGS = {"default": [], "nanogpt_cpu": NANOGPT_CPU}
 
@@ -37,6 +57,79 @@ def measure(corpus, overrides, rounds: int, steps: int, warm: int = 3) -> dict:
     return result
 
 
+class BareModule(L.LightningModule):
+    """The least a LightningModule does: the pipeline's model, optimizer and LR schedule, the
+    loss returned, nothing logged."""
+
+    def __init__(self, pipeline: Pipeline):
+        super().__init__()
+        self.model = pipeline.module.model
+        self.hp = pipeline.module.hparams
+        self.plan_learning_rate = pipeline.module.plan_learning_rate
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        inputs, targets = batch
+        logits = self.model(inputs)
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.model, self.hp)
+        plan = self.plan_learning_rate(int(self.trainer.max_steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.multiplier)
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+def bare_round(pipeline: Pipeline, module: BareModule, steps: int, warm: int) -> float:
+    """Seconds per step of a bare Trainer (no callbacks, logger, progress bar, checkpoints)."""
+    timer = StepTimer(warm, steps)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=str(pipeline.cfg.trainer.precision),
+        max_steps=warm + steps,
+        gradient_clip_val=float(pipeline.cfg.training.gradient_clip) or None,
+        callbacks=[timer],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, train_dataloaders=pipeline.datamodule.train_dataloader())
+    return timer.seconds / steps
+
+
+def floor(corpus, overrides, rounds: int, steps: int, warm: int = 3) -> dict:
+    """Milliseconds per step of each layer between the plain loop and the whole pipeline."""
+    pipeline = Pipeline(corpus, overrides)
+    bare = BareModule(pipeline)
+    rows = {"plain loop": [], "bare Lightning": [], "pipeline, no callbacks or logger": [],
+            "pipeline": []}  # fmt: skip
+    for _ in range(rounds):
+        rows["plain loop"].append(pipeline.plain_round(steps, warm))
+        rows["bare Lightning"].append(bare_round(pipeline, bare, steps, warm))
+        lean = pipeline.lightning_round(steps, warm, callbacks=False, logger=False)
+        rows["pipeline, no callbacks or logger"].append(lean)
+        rows["pipeline"].append(pipeline.lightning_round(steps, warm))
+    plain = median(rows["plain loop"])
+    result = {}
+    for name, times in rows.items():
+        seconds = median(times)
+        result[name] = {
+            "ms_per_step": 1000 * seconds,
+            "tokens_per_s": pipeline.tokens_per_step / seconds,
+            "ratio": plain / seconds,
+        }
+        print(
+            f"floor {name}: {1000 * seconds:.2f} ms/step, ratio to the plain loop "
+            f"{plain / seconds:.3f}",
+            flush=True,
+        )
+    return result
+
+
 def run(corpus: str | None, quick: bool = False, configs=None, extra=()) -> dict:
     rounds, steps = (2, 3) if quick else (5, 30)
     results = {}
@@ -55,7 +148,13 @@ def run(corpus: str | None, quick: bool = False, configs=None, extra=()) -> dict
 def main(argv=None) -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--configs", nargs="*", choices=sorted(CONFIGS))
+    parser.add_argument("--floor", action="store_true", help="split the nanoGPT recipe's overhead")
     args = parser.parse_args(argv)
+    if args.floor:
+        rounds, steps = (2, 3) if args.quick else (7, 40)
+        overrides = [*NANOGPT_CPU, *(QUICK if args.quick else []), *args.overrides]
+        report("overhead_floor", floor(args.corpus, overrides, rounds, steps))
+        return
     report("overhead", run(args.corpus, args.quick, args.configs, args.overrides))
 
 

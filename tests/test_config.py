@@ -25,7 +25,13 @@ from tinyllm.callbacks import (
     SampleTextCallback,
     TensorBoardExtras,
 )
-from tinyllm.config import ConfigError, TrainingConfig, print_config_tree, validate
+from tinyllm.config import (
+    ConfigError,
+    TrainingConfig,
+    print_config_tree,
+    resolve_compile,
+    validate,
+)
 from tinyllm.data import CharDataModule
 from tinyllm.model import ModelConfig
 from tinyllm.module import LanguageModel
@@ -92,10 +98,11 @@ def test_every_option_composes_resolves_validates_and_instantiates(option, tmp_p
     assert isinstance(model_config, ModelConfig)
     assert model_config.context_length == cfg.training.max_context
     assert isinstance(instantiate(cfg.data), CharDataModule)
-    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    compile = resolve_compile(cfg)
+    module = instantiate(cfg.module, model_config=model_config.to_dict(), compile=compile)
     assert isinstance(module, LanguageModel)
     assert module.hparams.learning_rate == cfg.training.learning_rate
-    assert module.hparams.compile == cfg.model.compile
+    assert module.hparams.compile is compile  # a bool: model.compile=auto is resolved
     assert module.hparams.optimizer_impl == cfg.training.optimizer_impl
 
     callbacks = instantiate_group(cfg.get("callbacks"))

@@ -83,6 +83,55 @@ OmegaConf.register_new_resolver(
 OmegaConf.register_new_resolver("tinyllm.unique", unique_folder, replace=True)
 
 
+# `model.compile=auto` compiles a run only when it is long enough to repay the one-off
+# compilation (~30 s on 2 CPU cores, benchmarks/RESULTS.md "Speed switches")
+AUTO_COMPILE_MIN_SECONDS = 300
+AUTO_COMPILE_MIN_STEPS = 1000
+
+
+def resolve_compile(cfg: DictConfig) -> bool:
+    """Whether this run's training forward goes through torch.compile (`model.compile`).
+
+    true and false choose; auto compiles when the run is long (a time budget of 5 minutes or
+    more and at least 1,000 steps, or 1,000+ steps and no budget) and torch's compiler can run
+    here (a C++ compiler for the CPU, Triton for a GPU). The choice and its reason are logged.
+    """
+    choice = OmegaConf.select(cfg, "model.compile", default=False)
+    if choice != "auto":
+        return bool(choice)
+    budget = parse_duration(OmegaConf.select(cfg, "training.time_budget", default=None))
+    steps = int(OmegaConf.select(cfg, "trainer.max_steps", default=-1) or -1)
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if budget is not None and budget < AUTO_COMPILE_MIN_SECONDS:
+        reason = f"a time budget under {AUTO_COMPILE_MIN_SECONDS // 60} minutes"
+    elif 0 <= steps < AUTO_COMPILE_MIN_STEPS or (budget is None and steps < 0):
+        reason = f"fewer than {AUTO_COMPILE_MIN_STEPS:,} steps"
+    else:
+        reason = compiler_missing(accelerator)
+    if reason:
+        log.info("model.compile=auto: not compiling (%s)", reason)
+        return False
+    log.info("model.compile=auto: compiling the training forward (a long run repays it)")
+    return True
+
+
+def compiler_missing(accelerator: str) -> str | None:
+    """Why torch.compile cannot run here, or None: inductor needs Triton on a GPU and a C++
+    compiler on the CPU."""
+    import importlib.util
+    import os
+    import shutil
+
+    import torch
+
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        return None if importlib.util.find_spec("triton") else "Triton is not installed"
+    compilers = [os.environ.get("CXX"), "g++", "clang++", "c++"]
+    if not any(shutil.which(c) for c in compilers if c):
+        return "no C++ compiler found: install g++ or clang++, or set CXX"
+    return None
+
+
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -328,8 +377,8 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
     model.pop("_target_", None)
     # `model.compile` is a training switch (torch.compile), not part of the saved ModelConfig
-    if not isinstance(model.pop("compile", False), bool):
-        raise ConfigError(f"model.compile must be true or false, got {cfg.model.compile!r}")
+    if model.pop("compile", False) not in (True, False, "auto"):
+        raise ConfigError(f"model.compile must be true, false or auto, got {cfg.model.compile!r}")
     model.setdefault("vocab_size", 1)  # filled from the tokenizer later
     try:
         ModelConfig.from_dict(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -12,6 +13,8 @@ import torch.nn.functional as F
 
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.optimizers import OPTIMIZER_IMPLS, OPTIMIZERS, build_optimizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,6 +64,11 @@ class LRPlan:
         self.clock_step = 0.0
 
 
+def _is_compile_failure(error: Exception) -> bool:
+    """An error of torch's compiler stack (dynamo, inductor and its C++ build), not the model's."""
+    return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
+
+
 def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: linear warmup to 1, cosine decay to `min_lr_ratio` at `decay_steps`, flat."""
     return LRPlan(warmup_steps, decay_steps, min_lr_ratio).multiplier(step)
@@ -86,6 +94,8 @@ class LanguageModel(L.LightningModule):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if not isinstance(compile, bool):  # `model.compile=auto` is resolved before this
+            raise ValueError(f"compile must be true or false here, got {compile!r}")
         if optimizer_impl not in OPTIMIZER_IMPLS:
             raise ValueError(
                 f"training.optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {optimizer_impl!r}"
@@ -123,8 +133,21 @@ class LanguageModel(L.LightningModule):
 
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         inputs, targets = batch
-        logits = (self._compiled_forward or self.model)(inputs)
+        logits = self._compiled(inputs) if self._compiled_forward else self.model(inputs)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def _compiled(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The compiled forward; if torch cannot compile on this machine (no working compiler,
+        an unsupported platform), one warning and the run goes on eagerly."""
+        try:
+            return self._compiled_forward(inputs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: the eager model still works
+            if not _is_compile_failure(e):
+                raise
+            first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            log.warning("torch.compile failed (%s): training without it", first_line[:300])
+            self._compiled_forward = None
+            return self.model(inputs)
 
     def _writes_logs(self, stepped: bool = False) -> bool:
         """Whether Lightning writes this training step's logs (every `log_every_n_steps`).

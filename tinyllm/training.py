@@ -24,7 +24,13 @@ from tinyllm.callbacks import (
     best_score,
 )
 from tinyllm.checkpointing import AtomicCheckpointIO, verify_checkpoint
-from tinyllm.config import ConfigError, parse_duration, print_config_tree, validate
+from tinyllm.config import (
+    ConfigError,
+    parse_duration,
+    print_config_tree,
+    resolve_compile,
+    validate,
+)
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import ModelConfig
@@ -138,7 +144,9 @@ def build_data_and_module(cfg: DictConfig) -> tuple[CharDataModule, L.LightningM
     datamodule.prepare_data()
     datamodule.setup("fit")
     model_config = build_model_config(cfg.model, vocab_size=datamodule.tokenizer.vocab_size)
-    module = instantiate(cfg.module, model_config=model_config.to_dict())
+    module = instantiate(
+        cfg.module, model_config=model_config.to_dict(), compile=resolve_compile(cfg)
+    )
     return datamodule, module
 
 
