@@ -121,6 +121,22 @@ def test_attn_dropout_decides_whether_attention_weights_are_dropped(attn_dropout
     assert torch.allclose(trained, block.eval()(x)) is not attn_dropout
 
 
+@pytest.mark.parametrize("mask", ["element", "sequence"])
+def test_dropout_mask_draws_per_value_or_per_sequence_and_channel(mask):
+    model = build(dropout=0.25, dropout_mask=mask).train()
+    dropout = model.blocks[0].mlp.dropout
+    x = torch.ones(64, 16, 32)
+    torch.manual_seed(0)
+    y = dropout(x)
+    kept = y != 0
+    assert torch.allclose(y[kept], torch.tensor(1 / 0.75))  # kept values scaled by 1 / (1 - p)
+    assert abs(1 - kept.float().mean().item() - 0.25) < 0.02
+    # sequence: every position of a sequence keeps the same channels
+    same_at_every_position = bool((kept == kept[:, :1]).all())
+    assert same_at_every_position is (mask == "sequence")
+    assert torch.equal(dropout.eval()(x), x)
+
+
 def test_model_config_json_round_trip():
     config = ModelConfig(
         vocab_size=77, context_length=64, n_layer=3, n_head=6, n_embd=48, dropout=0.1,
@@ -145,6 +161,7 @@ def test_model_config_json_round_trip():
         ({"dropout": 1.0}, r"model\.dropout must be in \[0, 1\)"),
         ({"dropout": -0.1}, r"model\.dropout must be in \[0, 1\)"),
         ({"positional": "alibi"}, r"model\.positional must be one of"),
+        ({"dropout_mask": "token"}, r"model\.dropout_mask must be one of"),
     ],
 )
 def test_model_config_validation(changes, match):

@@ -90,7 +90,7 @@ def _read_json(path: Path) -> dict:
 # ArtifactError here, not deep inside torch or the console.
 _CONFIG_TYPES = {"vocab_size": int, "context_length": int, "n_layer": int, "n_head": int,
                  "n_embd": int, "dropout": (int, float), "attn_dropout": bool,
-                 "bias": bool, "positional": str,
+                 "dropout_mask": str, "bias": bool, "positional": str,
                  "tie_weights": bool}  # fmt: skip
 _METADATA_TYPES = {"val_loss": (int, float), "val_bpc": (int, float), "step": int, "epoch": int,
                    "train_loss": (int, float), "data_source": str, "created": str,

@@ -73,7 +73,7 @@ MAPPED_FIELDS = {
 }  # fmt: skip
 # training-only: dropout is off at inference and zero_init changes only the initial weights, so
 # neither changes what the exported model computes
-TRAINING_ONLY_FIELDS = {"dropout", "attn_dropout", "zero_init"}
+TRAINING_ONLY_FIELDS = {"dropout", "attn_dropout", "dropout_mask", "zero_init"}
 # options exported only at their default value (none at present; a new option can start here)
 DEFAULT_ONLY_FIELDS: dict[str, object] = {}
 # the fields that choose the architecture: each Architecture lists the values it expresses (a
