@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import lightning as L
 import pytest
+import torch
 from conftest import read_events
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import OmegaConf
@@ -72,3 +74,43 @@ def test_progress_bar_shows_short_names(monkeypatch):
     monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, t, m: dict(metrics))
     shown = ProgressBar().get_metrics(None, None)
     assert shown == {"loss": 3.1, "val_loss": 2.9, "tok/s": "12,346"}
+
+
+class _Boring(L.LightningModule):
+    """Seven batches of a one-weight regression: a Trainer's loop, nothing else."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch, batch_idx):
+        return ((self.weight - batch) ** 2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.ones(7, 1), batch_size=1)
+
+
+@pytest.mark.parametrize(
+    ("min_interval", "drawn"),
+    [(0.0, [*range(1, 8), *range(1, 8)]), (3600.0, [1, 7, 7])],  # two epochs of 7 batches
+)
+def test_progress_bar_redraws_at_most_every_min_interval_and_at_the_epoch_end(min_interval, drawn):
+    class Recording(ProgressBar):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.drawn: list[int] = []
+
+        def _update(self, progress_bar_id, current, visible=True, hard=False):
+            if progress_bar_id is not None and progress_bar_id == self.train_progress_bar_id:
+                self.drawn.append(current)
+            super()._update(progress_bar_id, current, visible, hard)
+
+    bar = Recording(min_interval=min_interval)
+    trainer = L.Trainer(max_epochs=2, callbacks=[bar], logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer.fit(_Boring())
+    # every batch, or the run's first and then only each epoch's last (the bar never ends short)
+    assert bar.drawn == drawn

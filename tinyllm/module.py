@@ -75,6 +75,8 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
 
 
 class LanguageModel(L.LightningModule):
+    LOSS_REFRESH_SECONDS = 0.25
+
     def __init__(
         self,
         model_config: dict,
@@ -125,6 +127,7 @@ class LanguageModel(L.LightningModule):
         # artifacts hold the plain Transformer's keys and generation (KV cache) stays eager.
         self._compiled_forward = torch.compile(self.model.forward) if compile else None
         self._batch_started: float | None = None
+        self._loss_logged_at = float("-inf")
         # the learning-rate plan: made in configure_optimizers, or restored from a checkpoint
         self.lr_plan: LRPlan | None = None
 
@@ -163,8 +166,14 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)  # every step: callbacks may monitor it
-        if self._writes_logs():
+        # the loss goes to the charts on every logging step and to the progress bar (and
+        # callbacks) at least every LOSS_REFRESH_SECONDS: logging it on every step of a fast
+        # model cost 1 ms of its 27 ms (benchmarks/overhead.py --floor)
+        writes_logs, now = self._writes_logs(), time.monotonic()
+        if writes_logs or now - self._loss_logged_at >= self.LOSS_REFRESH_SECONDS:
+            self._loss_logged_at = now
+            self.log("train/loss", loss, prog_bar=True)
+        if writes_logs:
             self.log("train/bpc", loss.detach() / math.log(2))
             # the rate this step uses, logged once (both parameter groups share it)
             self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
