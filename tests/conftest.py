@@ -79,6 +79,50 @@ def run_train(
     )
 
 
+def run_chat(
+    *args: str,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess:
+    """`python chat.py ARGS` as a user would run it; output captured, stdin `stdin` or none."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "chat.py"), *args],
+        input=stdin,
+        stdin=None if stdin is not None else subprocess.DEVNULL,
+        cwd=cwd,
+        env=os.environ | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def load_ckpt(path: Path) -> dict:
+    """A .ckpt file's contents, read as tinyllm reads them (no pickled code)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class _Payload:
+    """Unpickling this creates the marker file: it must never happen."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def write_unsafe_checkpoint(ckpt: Path, marker: Path) -> Path:
+    """A run's last.ckpt that looks like Lightning's but carries code: loading it unsafely
+    creates `marker`."""
+    ckpt.parent.mkdir(parents=True)
+    payload = _Payload(marker)
+    torch.save({"state_dict": {}, "global_step": 5, "loops": {}, "payload": payload}, ckpt)
+    return ckpt
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, corpus_file) -> Path:
     """Folder of one finished tiny training run (best/, checkpoints/, tensorboard/, train.log)."""

@@ -11,11 +11,14 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY_OVERRIDES, make_corpus
+from conftest import ROOT, TINY_OVERRIDES, make_corpus, run_chat, write_unsafe_checkpoint
 
 from tinyllm.artifacts import ArtifactError, load_model
 from tinyllm.generation import SamplingSettings, generate_text
 from tinyllm.tokenizer import UnknownCharactersError
+
+# under pytest-xdist the whole file runs on one worker, so that train_results runs once
+pytestmark = pytest.mark.xdist_group("bad_inputs")
 
 # --- train.py ------------------------------------------------------------------------------
 
@@ -54,9 +57,10 @@ CORPORA = {
     "a-file": b"",
 }
 
-# (id, overrides, exit code, the one line must contain)
+# (id, overrides, exit code, the one line must contain[, more text the output must contain]);
+# `{tmp}` is the cases' folder
 TRAIN_CASES = [
-    ("missing corpus", ["data.path={tmp}/nope.txt"], 2, "corpus file not found: "),
+    ("missing corpus", ["data.path={tmp}/nope.txt"], 2, "corpus file not found: {tmp}/nope.txt"),
     ("empty corpus", ["data.path={tmp}/empty.txt"], 2, "empty"),
     ("whitespace corpus", ["data.path={tmp}/blank.txt"], 2, "empty"),
     ("binary corpus", ["data.path={tmp}/binary.bin"], 2, "looks binary"),
@@ -66,15 +70,19 @@ TRAIN_CASES = [
     ("val_split 1", ["training.val_split=1"], 2, "training.val_split must be strictly between"),
     ("val_split < 0", ["training.val_split=-0.1"], 2, "training.val_split must be strictly"),
     ("lr 0", ["training.learning_rate=0"], 2, "training.learning_rate must be > 0, got 0"),
-    ("lr < 0", ["training.learning_rate=-1e-3"], 2, "training.learning_rate must be > 0"),
+    ("lr < 0", ["training.learning_rate=-1"], 2, "training.learning_rate must be > 0, got -1.0"),
     ("heads", ["model.n_head=3"], 2, "model.n_head=3 must divide model.n_embd=32"),
     # Hydra's own messages (exit 1): the first line names the key, the next ones the options
-    ("hydra: unknown key", ["training.learning_rat=1e-3"], 1, "override 'training.learning_rat'"),
+    ("hydra: unknown key", ["training.learning_rat=1e-3"], 1, "override 'training.learning_rat'",
+     "Key 'learning_rat' is not in struct"),
     ("hydra: unknown group option", ["model=smal"], 1, "Could not find 'model/smal'"),
     # before Hydra starts (train.py's own check): one `error:` line on stderr
     ("resume without a run", ["resume=true"], 2, "error: no run to resume under outputs/ "),
     ("unwritable run folder", ["hydra.run.dir={tmp}/a-file/run"], 2,
      "is not writable (Not a directory): set hydra.run.dir to a writable folder"),
+    # a crafted checkpoint (code in its pickle) is refused before it runs: test_unsafe_checkpoint
+    ("resume from an unsafe checkpoint", ["resume={tmp}/evil_run"], 2,
+     "checkpoint {tmp}/evil_run/checkpoints/last.ckpt cannot be loaded safely"),
     # a loss that stops being a number (tinyllm/callbacks/fault_guard.py)
     ("absurd learning rate", ["training.learning_rate=1e6"], 1,
      "lower training.learning_rate (now 1000000.0)"),
@@ -86,8 +94,9 @@ def train_results(tmp_path_factory, corpus_file):
     tmp = tmp_path_factory.mktemp("bad")
     for name, data in CORPORA.items():
         (tmp / name).write_bytes(data)
+    write_unsafe_checkpoint(tmp / "evil_run" / "checkpoints" / "last.ckpt", tmp / "pwned")
     runs = []
-    for i, (_, overrides, _, _) in enumerate(TRAIN_CASES):
+    for i, (_, overrides, *_) in enumerate(TRAIN_CASES):
         given = [o.format(tmp=tmp) for o in overrides]
         path = (
             [] if any(o.startswith("data.path=") for o in given) else [f"data.path={corpus_file}"]
@@ -106,7 +115,7 @@ def train_results(tmp_path_factory, corpus_file):
 )
 def test_bad_training_input(train_results, index, case):
     tmp, results = train_results
-    name, _, code, expected = case
+    name, _, code, expected, *more = (c.format(tmp=tmp) if isinstance(c, str) else c for c in case)
     result = results[index]
     output = result["output"]
     assert result["code"] == code, output[-3000:]
@@ -119,6 +128,8 @@ def test_bad_training_input(train_results, index, case):
         errors = [x for x in output.splitlines() if "ERROR" in x or x.startswith("error:")]
         assert len(errors) == 1, output[-3000:]
         assert expected in errors[0], errors[0]
+    for text in more:
+        assert text in output, output[-3000:]
     # nothing a later run would take for a model or a run to resume
     run = tmp / f"run{index}"
     assert not (run / "checkpoints").exists() and not (run / "best").exists()
@@ -128,6 +139,13 @@ def test_too_short_corpus_says_how_much_is_needed(train_results):
     _, results = train_results
     (line,) = [x for x in results[5]["output"].splitlines() if "ERROR" in x]
     assert "has 20 characters" in line and "use a longer text or lower training.max_context" in line
+
+
+def test_unsafe_checkpoint_ran_no_code(train_results):
+    tmp, results = train_results
+    (index,) = [i for i, c in enumerate(TRAIN_CASES) if c[0] == "resume from an unsafe checkpoint"]
+    assert results[index]["code"] == 2
+    assert not (tmp / "pwned").exists()  # the payload never ran (tests/test_security.py)
 
 
 # --- model folders -------------------------------------------------------------------------
@@ -185,10 +203,7 @@ def test_broken_model_folder_in_chat(trained_run, tmp_path):
     best = tmp_path / "best"
     shutil.copytree(trained_run / "best", best)
     _break(best, "config wider than weights")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), str(best), "--prompt", "a"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_chat(str(best), "--prompt", "a", timeout=60)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -217,21 +232,14 @@ def test_very_long_prompt_is_cut_to_the_context(model):
 
 def test_very_long_prompt_in_chat(trained_run):
     prompt = (make_corpus(2) * 2000)[:100_000]
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), str(trained_run), "--prompt", prompt,
-         "--max-tokens", "20", "--seed", "1"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_chat(str(trained_run), "--prompt", prompt, "--max-tokens", "20", "--seed", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert len(result.stdout) >= 20
 
 
 def test_prompt_of_only_unknown_characters_in_chat(trained_run):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), str(trained_run), "--prompt", "☃☃☃"],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_chat(str(trained_run), "--prompt", "☃☃☃")
     assert "Traceback" not in result.stderr
     assert "☃" in result.stderr  # named
     assert result.returncode in (0, 1, 2)  # the chat helper's choice; never a crash

@@ -8,7 +8,6 @@ import io
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pexpect
 import pytest
 import torch
+from conftest import ROOT, run_chat
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +34,6 @@ from tinyllm.generation import SamplingSettings, generate_text
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.tokenizer import CharacterTokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 CHAT = str(ROOT / "chat.py")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-B]|\x1b[=>]")
 
@@ -460,17 +459,10 @@ def test_streaming_and_ctrl_c(trained_run, tmp_path):
     assert child.exitstatus == 0
 
 
-def run_chat(*args: str, stdin: str | None = None, tmp_path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, CHAT, *args], input=stdin, capture_output=True, text=True,
-        timeout=60, env=env(tmp_path), stdin=None if stdin is not None else subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 def test_prompt_and_pipe_modes(trained_run, tmp_path):
     once = run_chat(str(trained_run), "--prompt", "ROMEO:", "--max-tokens", "60", "--seed", "1",
                     "--temperature", "0.9", "--top-k", "10", "--top-p", "0.95",
-                    tmp_path=tmp_path)  # fmt: skip
+                    env=env(tmp_path), timeout=60)  # fmt: skip
     assert once.returncode == 0, once.stderr
     assert once.stderr == ""
     assert len(once.stdout) in (60, 61) and once.stdout.endswith("\n")
@@ -478,7 +470,7 @@ def test_prompt_and_pipe_modes(trained_run, tmp_path):
 
     piped = run_chat(str(trained_run), "-n", "60", "-s", "1", "-t", "0.9", "-k", "10",
                      "--top-p", "0.95", stdin="ROMEO:\n\nROMEO:\nJULI☃ET:\n",
-                     tmp_path=tmp_path)  # fmt: skip
+                     env=env(tmp_path), timeout=60)  # fmt: skip
     assert piped.returncode == 0, piped.stderr
     # each line continued on its own: the same seed and prompt give the same text as --prompt
     assert piped.stdout.startswith(once.stdout + once.stdout)
@@ -488,7 +480,9 @@ def test_prompt_and_pipe_modes(trained_run, tmp_path):
 
 
 def test_a_path_without_a_model_exits_2_with_one_line(tmp_path):
-    result = run_chat(str(tmp_path / "nothing-here"), "--prompt", "a", tmp_path=tmp_path)
+    result = run_chat(
+        str(tmp_path / "nothing-here"), "--prompt", "a", env=env(tmp_path), timeout=60
+    )
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_OVERRIDES, read_events, run_train
+from conftest import TINY_OVERRIDES, load_ckpt, read_events, run_train, without
 from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
 
 from tinyllm.artifacts import load_model
@@ -30,12 +30,19 @@ def files(run_dir: Path) -> set[str]:
 
 
 @pytest.mark.slow
-def test_ddp_two_cpu_processes(tmp_path, corpus_file, trained_run):
-    run_dir = tmp_path / "ddp"
-    result = run_train(
-        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", *TINY_OVERRIDES,
-        f"data.path={corpus_file}", f"hydra.run.dir={run_dir}",
-    )  # fmt: skip
+def test_ddp_run_and_its_resume_equal_the_uninterrupted_run(tmp_path, corpus_file, trained_run):
+    """A real 2-process DDP run on CPU: the single-process run's artifacts, rank zero alone
+    sampling, logging and reporting. Then, stopped at step 10 and resumed, the same weights: under
+    DDP Lightning wraps the training sampler; resuming mid-epoch must still continue each rank's
+    data where it stopped. Dropout on: every rank is seeded alike and draws alike, so the RNG
+    state rank zero saves is every rank's, and the masks continue too."""
+    common = [
+        "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+        *without(TINY_OVERRIDES, "trainer.max_steps"), "data.train_windows_per_epoch=96",
+        "model.dropout=0.1", "training.lr_decay_steps=30", f"data.path={corpus_file}",
+    ]  # fmt: skip
+    run_dir, split = tmp_path / "ddp", tmp_path / "split"
+    result = run_train(*common, "trainer.max_steps=30", f"hydra.run.dir={run_dir}")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output
@@ -65,6 +72,22 @@ def test_ddp_two_cpu_processes(tmp_path, corpus_file, trained_run):
     assert steps == [e.step for e in single.Scalars("val/loss")] and len(steps) == 3
     hparams = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert b"trainer/world_size" in hparams
+
+    # the same run stopped at step 10, then resumed to 30
+    result = run_train(*common, "trainer.max_steps=10", f"hydra.run.dir={split}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = split / "checkpoints" / "last.ckpt"
+    result = run_train(
+        *common, "trainer.max_steps=30", f"hydra.run.dir={split}", f"ckpt_path={last}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # 96 windows / 8 per batch / 2 ranks = 6 batches an epoch: step 10 is batch 4 of epoch 1
+    assert (result.stdout + result.stderr).count("resuming the data at batch 4 of epoch 1") == 2
+
+    a, b = load_ckpt(run_dir / "checkpoints" / "last.ckpt"), load_ckpt(last)
+    assert a["global_step"] == b["global_step"] == 30
+    for key in a["state_dict"]:  # the same windows in the same order, the same dropout masks
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 
 
 def window_offsets(datamodule: CharDataModule, rank: int, epoch: int) -> list[int]:
@@ -97,34 +120,3 @@ def test_each_rank_trains_on_different_windows(corpus_file, epoch):
     # a new epoch draws new windows on every rank
     assert set(window_offsets(datamodule, 0, epoch + 1)) != set(rank0)
     assert set(window_offsets(datamodule, 1, epoch + 1)) != set(rank1)
-
-
-@pytest.mark.slow
-def test_resumed_ddp_run_equals_uninterrupted_run(tmp_path, corpus_file):
-    """Under DDP Lightning wraps the training sampler; resuming mid-epoch must still continue
-    each rank's data where it stopped. Dropout on: every rank is seeded alike and draws alike,
-    so the RNG state rank zero saves is every rank's, and the masks continue too."""
-    common = [
-        *(o for o in TINY_OVERRIDES if not o.startswith(("trainer.max_steps", "training.val_"))),
-        "training.val_interval=5", "data.train_windows_per_epoch=96", "model.dropout=0.1",
-        "training.lr_decay_steps=20", "logger=none", "trainer=ddp", "trainer.accelerator=cpu",
-        "trainer.devices=2", f"data.path={corpus_file}",
-    ]  # fmt: skip
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    result = run_train(*common, "trainer.max_steps=20", f"hydra.run.dir={whole}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    result = run_train(*common, "trainer.max_steps=10", f"hydra.run.dir={split}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = split / "checkpoints" / "last.ckpt"
-    result = run_train(
-        *common, "trainer.max_steps=20", f"hydra.run.dir={split}", f"ckpt_path={last}"
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    # 96 windows / 8 per batch / 2 ranks = 6 batches an epoch: step 10 is batch 4 of epoch 1
-    assert (result.stdout + result.stderr).count("resuming the data at batch 4 of epoch 1") == 2
-
-    a = torch.load(whole / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(last, map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 20
-    for key in a["state_dict"]:  # the same windows in the same order, the same dropout masks
-        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key

@@ -27,17 +27,19 @@ def run_eval(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_eval_script_reports_the_validation_split_as_table_and_json(trained_run, tmp_path):
+def test_eval_reports_the_validation_split_as_table_and_json(trained_run, tmp_path, capsys):
+    """In process: the command's own function (`python eval.py` runs it: the Hydra form below;
+    `tinyllm-eval --json` from another folder: tests/test_packaging.py)."""
     output = tmp_path / "eval.json"
-    result = run_eval(str(trained_run), "--output", str(output))
-    assert result.returncode == 0, result.stderr
+    assert main([str(trained_run), "--output", str(output)]) == 0
+    stdout = capsys.readouterr().out
     for label in ("loss (nats/char)", "bits per character", "perplexity", "split"):
-        assert label in result.stdout
+        assert label in stdout
     report = json.loads(output.read_text(encoding="utf-8"))
     assert report["split"] == "val" and report["model"] == str(trained_run / "best")
     assert report["bpc"] == pytest.approx(report["loss"] / math.log(2))
     assert report["perplexity"] == pytest.approx(math.exp(report["loss"]))
-    assert f"{report['loss']:.4f}" in result.stdout
+    assert f"{report['loss']:.4f}" in stdout
 
     # the same split the run validated on: the run's datamodule, rebuilt from its config.yaml
     datamodule = instantiate(OmegaConf.load(trained_run / "config.yaml").data)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, compose_config, without
+from conftest import ROOT, TINY_OVERRIDES, compose_config, load_ckpt, without
 
 from tinyllm import training
 from tinyllm.artifacts import load_model, save_artifacts
@@ -24,11 +24,6 @@ from tinyllm.config import ConfigError
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.module import LanguageModel
 from tinyllm.tokenizer import CharacterTokenizer
-
-
-def load_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
 
 # --- SIGINT / SIGTERM ----------------------------------------------------------------------
 

@@ -10,14 +10,12 @@ import hashlib
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, make_corpus, run_train
+from conftest import TINY_OVERRIDES, make_corpus, run_chat, run_train
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -481,12 +479,9 @@ def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch
     assert manifest.stat().st_mtime_ns == written
     assert isinstance(load_tokenizer(run_dir / "best" / "tokenizer.json"), ByteTokenizer)
 
-    chat = subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), str(run_dir), "--prompt", "Grüße ☃ 𝄞",
-         "--max-tokens", "80", "--seed", "1", "--temperature", "1.5"],
-        capture_output=True, text=True, timeout=120,
-        env=os.environ | {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
+    plain = {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    chat = run_chat(str(run_dir), "--prompt", "Grüße ☃ 𝄞", "--max-tokens", "80", "--seed", "1",
+                    "--temperature", "1.5", env=plain)  # fmt: skip
     assert chat.returncode == 0, chat.stderr
     assert "Traceback" not in chat.stderr and "dropped" not in chat.stderr  # nothing unknown
     assert chat.stdout.strip()

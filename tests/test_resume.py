@@ -13,16 +13,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, compose_config, read_events, run_train, without
+from conftest import (
+    ROOT,
+    TINY_OVERRIDES,
+    compose_config,
+    load_ckpt,
+    read_events,
+    run_chat,
+    run_train,
+    without,
+)
 
 from tinyllm.checkpointing import CheckpointError
 from tinyllm.cli import find_resumable_run, resolve_resume, resolve_resume_argv
 from tinyllm.training import train
-
-
-def load_ckpt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
 
 # --- in process: an interrupted-and-resumed run is the uninterrupted run, bit for bit --------
 
@@ -143,10 +147,13 @@ def _scalar_steps(event_file: Path, tag: str) -> list[int]:
 
 @pytest.mark.slow
 def test_sigkill_then_resume_true(tmp_path, corpus_file):
+    """Also: the run lives under TINYLLM_OUTPUTS; resume=true finds it there through
+    paths.log_dir, and chat.py --outputs too (tinyllm/runs.py: one configured place)."""
     steps = 150
+    scratch = tmp_path / "scratch"
     overrides = [*without(TINY_OVERRIDES, "trainer.max_steps"), f"trainer.max_steps={steps}",
                  f"data.path={corpus_file}"]  # fmt: skip
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PYTHONUNBUFFERED": "1", "TINYLLM_OUTPUTS": str(scratch)}
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "train.py"), *overrides],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -155,7 +162,7 @@ def test_sigkill_then_resume_true(tmp_path, corpus_file):
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            lasts = list(tmp_path.glob("outputs/runs/*/checkpoints/last.ckpt"))
+            lasts = list(scratch.glob("runs/*/checkpoints/last.ckpt"))
             if lasts:
                 killed_at = load_ckpt(lasts[0])["global_step"]  # atomic: never torn
                 if killed_at >= 20:
@@ -166,14 +173,17 @@ def test_sigkill_then_resume_true(tmp_path, corpus_file):
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    (run,) = (tmp_path / "outputs" / "runs").iterdir()
+    (run,) = (scratch / "runs").iterdir()
+    assert not (tmp_path / "outputs").exists()
     assert 0 < killed_at < steps
     best_before = json.loads((run / "best" / "metadata.json").read_text())["val_loss"]
     (first_events,) = (run / "tensorboard").glob("events.out.tfevents.*")
 
-    result = run_train("resume=true", cwd=tmp_path)
+    # resume=true finds it through paths.log_dir, with no environment variable
+    result = run_train("resume=true", f"paths.log_dir={scratch}", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert list((tmp_path / "outputs" / "runs").iterdir()) == [run]  # its own folder
+    assert list((scratch / "runs").iterdir()) == [run]  # its own folder
+    assert not (tmp_path / "outputs").exists()
     last = load_ckpt(run / "checkpoints" / "last.ckpt")
     assert last["global_step"] == steps
     best_after = json.loads((run / "best" / "metadata.json").read_text())
@@ -190,3 +200,6 @@ def test_sigkill_then_resume_true(tmp_path, corpus_file):
     log = (run / "train.log").read_text()
     assert log.count("model: 1 layers") == 2  # both sessions appended to the one log
     assert "Traceback" not in log
+    chat = run_chat("--outputs", str(scratch), "-p", "the", "-n", "5", cwd=tmp_path)
+    assert chat.returncode == 0, chat.stderr
+    assert f"model: {run / 'best'}" in chat.stderr

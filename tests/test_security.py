@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, TINY_OVERRIDES, compose_config, run_train
+from conftest import TINY_OVERRIDES, compose_config, run_chat, write_unsafe_checkpoint
 
 from tinyllm.artifacts import ArtifactError, load_model, save_artifacts
 from tinyllm.checkpointing import AtomicCheckpointIO, CheckpointError, verify_checkpoint
@@ -21,24 +21,11 @@ from tinyllm.tokenizer import CharacterTokenizer
 from tinyllm.training import train
 
 
-class _Payload:
-    """Unpickling this creates the marker file: it must never happen."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (Path.touch, (self.marker,))
-
-
 @pytest.fixture
 def evil(tmp_path) -> tuple[Path, Path]:
     """(checkpoint, marker): a run's last.ckpt that looks like Lightning's but carries code."""
-    marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil_run" / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True)
-    torch.save({"state_dict": {}, "global_step": 5, "loops": {}, "payload": _Payload(marker)}, ckpt)
-    return ckpt, marker
+    return write_unsafe_checkpoint(ckpt, tmp_path / "pwned"), tmp_path / "pwned"
 
 
 def test_the_payload_is_real(evil):
@@ -74,23 +61,12 @@ def test_train_ckpt_path_refuses(evil, tmp_path, corpus_file):
     assert not run.exists()  # refused before anything was written
 
 
-def test_train_resume_refuses(evil, tmp_path):
-    ckpt, marker = evil
-    result = run_train(f"resume={ckpt.parent.parent}", "print_config=false", cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 2, output[-3000:]
-    assert "Traceback" not in output
-    (error,) = [line for line in output.splitlines() if "[ERROR]" in line]
-    assert f"checkpoint {ckpt} cannot be loaded safely" in error
-    assert not marker.exists()
+# `train.py resume=RUN` on it: tests/test_bad_inputs.py ("resume from an unsafe checkpoint")
 
 
 def test_chat_refuses(evil):
     ckpt, marker = evil
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), str(ckpt), "--prompt", "a", "--max-tokens", "5"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_chat(str(ckpt), "--prompt", "a", "--max-tokens", "5", timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert "cannot be loaded safely" in result.stderr
@@ -280,10 +256,7 @@ def test_oversized_checkpoint_config_is_refused(tmp_path, trained_run):
 
 def test_chat_refuses_an_oversized_config_with_one_line(tmp_path):
     best = _lying_model(tmp_path, "learned", n_embd=60000)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "chat.py"), str(best)],
-        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
+    result = run_chat(str(best))
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
     lines = (result.stdout + result.stderr).strip().splitlines()

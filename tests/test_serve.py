@@ -30,6 +30,9 @@ import uvicorn  # noqa: E402
 
 from tinyllm.serve.app import ServeConfig, create_app, render_chat  # noqa: E402
 
+# under pytest-xdist the whole file runs on one worker: one server (and browser) for it all
+pytestmark = pytest.mark.xdist_group("serve")
+
 VOCAB = "ROMEO:\nBut soft, what light through yonder window breaks? JULIET! Ay me.\n" + (
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789;'-"
 )

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TINY_OVERRIDES, run_train
+from conftest import TINY_OVERRIDES, read_events, run_train
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.types import RunMode
 from omegaconf import OmegaConf
+from safetensors.torch import load_file
 
+from tinyllm.module import warmup_cosine
 from tinyllm.sweep import (
     RESULT_FILE,
     SweepSummary,
@@ -34,12 +36,15 @@ def read_csv(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_grid_sweep_writes_a_summary_best_first(tmp_path, corpus_file):
+    """One folder per job, each with its own config, artifacts, log and events; the summary."""
     sweep = tmp_path / "sweep"
     result = run_train(
         "-m", "model.n_layer=1,2", "training.learning_rate=1e-3,3e-3", *FAST,
         f"data.path={corpus_file}", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert jobs == ["0", "1", "2", "3"]
 
     rows = read_csv(sweep / "summary.csv")
     assert len(rows) == 4
@@ -49,13 +54,35 @@ def test_grid_sweep_writes_a_summary_best_first(tmp_path, corpus_file):
     assert {(r["model.n_layer"], r["training.learning_rate"]) for r in rows} == {
         ("1", "0.001"), ("1", "0.003"), ("2", "0.001"), ("2", "0.003"),
     }  # fmt: skip
+    weights = {}
     for row in rows:  # each row is its job's own best val/loss (as in best/metadata.json)
-        metadata = json.loads((sweep / row["job"] / "best" / "metadata.json").read_text())
+        job_dir = sweep / row["job"]
+        metadata = json.loads((job_dir / "best" / "metadata.json").read_text())
         assert float(row["val/loss"]) == pytest.approx(metadata["val_loss"], abs=1e-4)
         assert row["status"] == "ok"
-        job_result = json.loads((sweep / row["job"] / RESULT_FILE).read_text())
+        job_result = json.loads((job_dir / RESULT_FILE).read_text())
         assert job_result["val_loss"] == metadata["val_loss"]
         assert job_result["overrides"]["model.n_layer"] == row["model.n_layer"]
+
+        # the job's own folder: its config, artifacts, log and events
+        cfg = OmegaConf.load(job_dir / "config.yaml")
+        rate = float(row["training.learning_rate"])
+        assert cfg.training.learning_rate == rate
+        assert cfg.model.n_layer == int(row["model.n_layer"])
+        assert cfg.paths.output_dir == str(job_dir)
+        for name in ("model.safetensors", "model_config.json", "tokenizer.json", "metadata.json"):
+            assert (job_dir / "best" / name).is_file()
+        assert len(list((job_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+        assert (job_dir / "train.log").is_file()
+        (lr,) = read_events(job_dir / "tensorboard").Scalars("lr")  # one log every 10 steps
+        schedule = warmup_cosine(lr.step, cfg.training.warmup_steps, 10, cfg.training.min_lr_ratio)
+        assert lr.value == pytest.approx(rate * schedule, rel=1e-5)
+        weights[row["model.n_layer"], row["training.learning_rate"]] = load_file(
+            job_dir / "best" / "model.safetensors"
+        )
+    for n_layer in ("1", "2"):  # another learning rate, another model
+        a, b = weights[n_layer, "0.001"], weights[n_layer, "0.003"]
+        assert any(not (a[k] == b[k]).all() for k in a)
 
     markdown = (sweep / "summary.md").read_text(encoding="utf-8").splitlines()
     assert markdown[0] == (

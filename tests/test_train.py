@@ -1,5 +1,5 @@
-"""train.py end to end: the run folder, its logs and TensorBoard events, multirun, failures,
-resuming and seed reproducibility."""
+"""train.py end to end: the run folder, its logs and TensorBoard events, resuming and seed
+reproducibility."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import TINY_OVERRIDES, compose_config, read_events, run_train, without
+from conftest import TINY_OVERRIDES, compose_config, read_events, without
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -141,42 +141,9 @@ def test_tensorboard_text_samples(trained_run):
             assert line in log
 
 
-def test_multirun_makes_one_folder_per_job(tmp_path, corpus_file):
-    sweep = tmp_path / "sweep"
-    overrides = without(TINY_OVERRIDES, "trainer.max_steps", "training.val_interval")
-    result = run_train(
-        "-m", "training.learning_rate=1e-3,2e-3", *overrides, "trainer.max_steps=10",
-        "training.val_interval=5", f"data.path={corpus_file}", f"hydra.sweep.dir={sweep}",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert jobs == ["0", "1"]
-    weights = []
-    for job, rate in (("0", 1e-3), ("1", 2e-3)):
-        job_dir = sweep / job
-        assert run_config(job_dir).training.learning_rate == rate
-        assert run_config(job_dir).paths.output_dir == str(job_dir)
-        for name in ("model.safetensors", "model_config.json", "tokenizer.json", "metadata.json"):
-            assert (job_dir / "best" / name).is_file()
-        assert len(list((job_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
-        assert (job_dir / "train.log").is_file()
-        cfg = run_config(job_dir)
-        (lr,) = read_events(job_dir / "tensorboard").Scalars("lr")  # one log every 10 steps
-        schedule = warmup_cosine(lr.step, cfg.training.warmup_steps, 10, cfg.training.min_lr_ratio)
-        assert lr.value == pytest.approx(rate * schedule, rel=1e-5)
-        weights.append(load_file(job_dir / "best" / "model.safetensors"))
-    assert any(not (weights[0][k] == weights[1][k]).all() for k in weights[0])
-
-
-def test_missing_corpus_file_fails_with_one_line(tmp_path):
-    missing = tmp_path / "no-such-corpus.txt"
-    result = run_train(*TINY_OVERRIDES, f"data.path={missing}", f"hydra.run.dir={tmp_path / 'run'}")
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "ERROR" in line]
-    assert len(errors) == 1, output
-    assert f"corpus file not found: {missing}" in errors[0]
+# `train.py -m` (one folder per job, each with its config, artifacts, log and events):
+# tests/test_sweeps.py::test_grid_sweep_writes_a_summary_best_first; a missing corpus through
+# train.py: tests/test_bad_inputs.py ("missing corpus")
 
 
 # --- in process: the same `train` that train.py calls, on the composed config --------------
