@@ -116,9 +116,10 @@ class Pipeline:
         # each round is a fresh run: a learning-rate plan left by an earlier round of other
         # length would end this one early (the time budget stops at the plan's last step)
         self.module.lr_plan = None
-        cfg = self.cfg
-        if not callbacks:
+        cfg, off = self.cfg, {}
+        if not callbacks:  # nor the progress bar and checkpointing Lightning adds by itself
             cfg = OmegaConf.merge(cfg, {"callbacks": None})
+            off = {"enable_progress_bar": False, "enable_checkpointing": False}
         if not logger:
             cfg = OmegaConf.merge(cfg, {"logger": None})
         trainer, _ = build_trainer(
@@ -129,18 +130,23 @@ class Pipeline:
             max_time=None,
             val_check_interval=max(warm + steps + 1, int(self.cfg.training.val_interval)),
             enable_model_summary=False,
+            **off,
         )
         trainer.fit(self.module, datamodule=self.datamodule)
         return timer.seconds / steps
 
     # --- the same model, batches and optimizer, by hand ----------------------------------------
 
+    def optimizer_and_schedule(self, steps: int):
+        """A fresh optimizer of the module's model and the module's own LR plan over `steps`,
+        as configure_optimizers makes them."""
+        optimizer = build_optimizer(self.module.model, self.module.hparams)
+        plan = self.module.plan_learning_rate(steps)
+        return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, plan.multiplier)
+
     def plain_setup(self) -> None:
-        hp = self.module.hparams
-        self.optimizer = build_optimizer(self.module.model, hp)
-        # the module's own plan for the configured steps (as configure_optimizers makes it)
-        plan = self.module.plan_learning_rate(int(self.cfg.trainer.max_steps))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, plan.multiplier)
+        steps = int(self.cfg.trainer.max_steps)
+        self.optimizer, self.scheduler = self.optimizer_and_schedule(steps)
         self.forward = self.module._compiled_forward or self.module.model
         self.clip = float(self.cfg.training.gradient_clip)
         self._batches = None

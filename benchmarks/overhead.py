@@ -32,7 +32,6 @@ from benchmarks.common import (
     median,
     report,
 )
-from tinyllm.optimizers import build_optimizer
 
 CONFIGS = {"default": [], "nanogpt_cpu": NANOGPT_CPU}
 
@@ -64,8 +63,7 @@ class BareModule(L.LightningModule):
     def __init__(self, pipeline: Pipeline):
         super().__init__()
         self.model = pipeline.module.model
-        self.hp = pipeline.module.hparams
-        self.plan_learning_rate = pipeline.module.plan_learning_rate
+        self.optimizer_and_schedule = pipeline.optimizer_and_schedule
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
@@ -73,9 +71,7 @@ class BareModule(L.LightningModule):
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.hp)
-        plan = self.plan_learning_rate(int(self.trainer.max_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.multiplier)
+        optimizer, scheduler = self.optimizer_and_schedule(int(self.trainer.max_steps))
         schedule = {"scheduler": scheduler, "interval": "step"}
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 

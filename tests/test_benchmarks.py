@@ -27,6 +27,19 @@ def test_overhead_quick(corpus_file):
     assert finite(r["ratio"])
 
 
+def test_overhead_floor_quick(corpus_file):
+    """Each layer between the plain loop and the pipeline is measured on the same model."""
+    from benchmarks import overhead
+    from benchmarks.common import NANOGPT_CPU, QUICK
+
+    result = overhead.floor(str(corpus_file), [*NANOGPT_CPU, *QUICK], rounds=1, steps=3)
+    assert list(result) == [
+        "plain loop", "bare Lightning", "pipeline, no callbacks or logger", "pipeline"
+    ]  # fmt: skip
+    assert all(finite(r["ms_per_step"]) and finite(r["ratio"]) for r in result.values())
+    assert result["plain loop"]["ratio"] == 1.0
+
+
 def test_generation_quick():
     from benchmarks import generation
 

@@ -16,13 +16,15 @@ from tinyllm.training import train
 
 
 class Delay(L.Callback):
-    """Slows every step down, as a slow machine would (named by `+callbacks.delay._target_`)."""
+    """Slows every step down, or only the first `steps` (a machine whose early steps mislead the
+    plan), as a slow machine would (named by `+callbacks.delay._target_`)."""
 
-    def __init__(self, seconds: float):
-        self.seconds = seconds
+    def __init__(self, seconds: float, steps: int | None = None):
+        self.seconds, self.steps = seconds, steps
 
-    def on_train_batch_end(self, *args) -> None:
-        time.sleep(self.seconds)
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if self.steps is None or trainer.global_step <= self.steps:
+            time.sleep(self.seconds)
 
 
 BASE = [
@@ -129,24 +131,13 @@ def test_resumed_run_trains_to_the_new_steps_with_a_continuous_rate(tmp_path, co
     assert second["lr_plan"]["end_step"] == 40 and second["lr_plan"]["anchor_step"] == 20
 
 
-class SlowStart(L.Callback):
-    """Slow first steps, then full speed: a machine whose early steps mislead the plan."""
-
-    def __init__(self, seconds: float, steps: int):
-        self.seconds, self.steps = seconds, steps
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step <= self.steps:
-            time.sleep(self.seconds)
-
-
 def test_run_faster_than_its_plan_extends_it_once(tmp_path, corpus_file, caplog):
     run = tmp_path / "run"
     with caplog.at_level("INFO", logger="tinyllm"):
         score = _train(
             run, corpus_file, "training.time_budget=6s", "trainer.max_steps=100000",
-            "training.warmup_steps=3", f"+callbacks.slow._target_={__name__}.SlowStart",
-            "+callbacks.slow.seconds=0.15", "+callbacks.slow.steps=8",
+            "training.warmup_steps=3", f"+callbacks.delay._target_={__name__}.Delay",
+            "+callbacks.delay.seconds=0.15", "+callbacks.delay.steps=8",
         )  # fmt: skip
     messages = [r.message for r in caplog.records]
     (planned,) = [m for m in messages if "planning" in m]

@@ -200,8 +200,9 @@ class RMSNorm(nn.RMSNorm):
 
 class SequenceDropout(nn.Dropout):
     """Dropout with one mask per sequence and channel, the same at every position of the
-    sequence: (B, T, C) values take a (B, 1, C) mask. A regulariser as strong per kept value,
-    at a T-th of the random numbers, which otherwise take a quarter of a compiled CPU step."""
+    sequence: (B, T, C) values take a (B, 1, C) mask, a T-th of the random numbers (which take
+    a fifth of a compiled CPU step). A different regulariser: at the same rate it drew 21% more
+    steps in 10 minutes and tied the per-value mask (benchmarks/RESULTS.md)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:

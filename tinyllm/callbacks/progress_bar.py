@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import RichProgressBar
 class ProgressBar(RichProgressBar):
     """Rich progress bar showing `loss`, `val_loss` and `tok/s` (short enough not to wrap).
 
-    Lightning redraws the bar after every batch; at small models' hundreds of steps a second that
-    redraw (metrics read, bar updated, screen refreshed) costs a tenth of the step, so training
-    batches redraw only when `min_interval` seconds have passed, and at the last batch of an epoch.
+    Lightning redraws the bar after every batch (metrics read, bar updated); on nanoGPT's small
+    CPU recipe that was 0.2 ms of a 27.6 ms step (benchmarks/RESULTS.md), so training batches
+    redraw only when `min_interval` seconds have passed, and at the last batch of an epoch.
     """
 
     SHORT_NAMES = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_sec": "tok/s"}
