@@ -21,8 +21,8 @@ recipe), not the whole validation split that tinyllm's val/loss covers; the JSON
 `experiment=shakespeare_gpu` on the same 90/10 split (val/loss over the whole split, read from the
 run's TensorBoard events), and reports each side's seconds since launch to the first validation
 loss at or below 1.47 (nanoGPT's README: 1.4697 in ~3 min on an A100). --tinyllm adds Hydra
-overrides to tinyllm's side, key=value arguments go to nanoGPT's. UNMEASURED: the GPU
-comparison has not been run here (no GPU); only its flow was checked on CPU with tiny models
+overrides to tinyllm's side, key=value arguments go to nanoGPT's. Measured on one H100
+(benchmarks/RESULTS.md, gpu_compare.json); its flow is also checked on CPU with tiny models
 (the hidden --dev-tiny flag).
 """
 

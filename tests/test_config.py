@@ -153,6 +153,11 @@ def test_gpu_experiment_is_nanogpt_shakespeare_char_scale(tmp_path):
     assert (model.n_layer, model.n_head, model.n_embd, model.context_length) == (6, 6, 384, 256)
     assert cfg.trainer.accelerator == "gpu"
     validate(cfg)
+    # nanoGPT's block, as the CPU comparison uses it (the default block overfits at this scale)
+    cpu = compose_config(["experiment=nanogpt_cpu"], tmp_path).model
+    block = ["positional", "norm", "mlp", "qk_norm", "zero_init", "bias", "tie_weights"]
+    assert {k: model[k] for k in block} == {k: cpu[k] for k in block}
+    assert model.attn_dropout and model.dropout == 0.2
 
 
 def test_smoke_experiment_overrides_the_defaults(tmp_path):

@@ -555,8 +555,9 @@ def sample_next_tokens(
         return logits.argmax(-1).tolist()
     # shifted so the largest is 0: a tiny temperature then sends the others to -inf instead of
     # overflowing to inf (inf - inf is NaN in softmax); the top token keeps probability 1
+    device = logits.device  # the settings' tensors go where the logits are (a GPU in training)
     scale = torch.tensor(
-        [1.0 if g else float(t) for g, t in zip(greedy, temperatures, strict=True)]
+        [1.0 if g else float(t) for g, t in zip(greedy, temperatures, strict=True)], device=device
     )
     scaled = (logits - logits.amax(-1, keepdim=True)) / scale[:, None]
     vocab = logits.size(-1)
@@ -568,12 +569,12 @@ def sample_next_tokens(
         # logits tie at the k-th (a `< kth` mask keeps every tie)
         scaled, order = scaled.sort(-1, descending=True)
         if min(ks) < vocab:
-            outside = torch.arange(vocab) >= torch.tensor(ks)[:, None]
+            outside = torch.arange(vocab, device=device) >= torch.tensor(ks, device=device)[:, None]
             scaled = scaled.masked_fill(outside, -math.inf)
     probs = torch.softmax(scaled, -1)
     if order is not None and min(ps) < 1.0:
         # keep the smallest prefix whose mass reaches top_p (always at least the top token)
-        outside = probs.cumsum(-1) - probs >= torch.tensor(ps)[:, None]
+        outside = probs.cumsum(-1) - probs >= torch.tensor(ps, device=device)[:, None]
         probs = probs.masked_fill(outside, 0.0)
     noise = torch.empty_like(logits)
     if None in generators:
