@@ -85,6 +85,12 @@ FINAL = {
     # nanoGPT's README CPU recipe, as close as our pipeline gets: 4x4x128, context 64, batch 12,
     # 2000 iterations, lr 1e-3 decayed to 1e-4 over 2000 steps, no dropout, fp32.
     "nanogpt_cpu": ["experiment=nanogpt_cpu"],
+    # one change each from the default, same 10-minute budget (the ablation of RESULTS.md)
+    "ns3": ["training.muon_ns_steps=3"],
+    "wd0.2": ["training.weight_decay=0.2"],
+    "wd0.2_seed2": ["training.weight_decay=0.2", "seed=2"],
+    "wsd": ["training.lr_schedule=wsd"],
+    "momentum_warmup": ["training.muon_momentum_warmup=300"],
 }
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight

@@ -205,6 +205,9 @@ def test_command_line_style_overrides_reach_every_reader(tmp_path):
         ("seed=abc", "seed"),
         ("training.time_budget=soon", "training.time_budget"),
         ("training.time_budget=-5", "training.time_budget"),
+        ("training.lr_schedule=linear", "training.lr_schedule"),
+        ("training.lr_cooldown=0", "training.lr_cooldown"),
+        ("training.muon_momentum_warmup=-1", "training.muon_momentum_warmup"),
         # set on the group that reads the recipe, not through training.*
         ("data.batch_size=0", "data.batch_size"),
         ("data.val_split=1.5", "data.val_split"),

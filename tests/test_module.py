@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm.data import CharDataModule
-from tinyllm.module import LanguageModel, warmup_cosine
+from tinyllm.module import LanguageModel, LRPlan, warmup_cosine
 from tinyllm.optimizers import CombinedOptimizer, build_optimizer
 
 
@@ -38,6 +38,27 @@ def test_warmup_cosine_shape():
     assert min(values) == pytest.approx(floor)
     # no warmup: full rate from the first step
     assert warmup_cosine(0, 0, 100, floor) == pytest.approx(1.0)
+
+
+def test_warmup_stable_decay_shape():
+    plan = LRPlan(warmup_steps=10, end_step=110, min_lr_ratio=0.1, cooldown=0.4)
+    values = [plan.multiplier(step) for step in range(200)]
+    assert values[9] == pytest.approx(1.0)
+    # flat at the peak for the first 60% of the decay span, then a straight line to the floor
+    assert values[9:71] == [1.0] * 62
+    assert values[90] == pytest.approx((1.0 + 0.1) / 2)
+    assert all(b - a == pytest.approx(-0.9 / 40) for a, b in pairwise(values[70:111]))
+    assert values[110:] == [pytest.approx(0.1)] * 90
+    # an end moved while stable keeps the plateau; moved while cooling, it goes straight down
+    stable = LRPlan(10, 110, 0.1, cooldown=0.4)
+    stable.move_end(30, 210)
+    assert stable.multiplier(138) == 1.0 and stable.multiplier(210) == pytest.approx(0.1)
+    assert stable.multiplier(139) < 1.0
+    cooling = LRPlan(10, 110, 0.1, cooldown=0.4)
+    cooling.move_end(80, 150)
+    after = [cooling.multiplier(step) for step in range(80, 151)]
+    assert after[0] == pytest.approx(values[80])
+    assert all(b - a == pytest.approx((0.1 - values[80]) / 70) for a, b in pairwise(after))
 
 
 @pytest.fixture
@@ -208,3 +229,24 @@ def test_hyperparameters_are_saved_as_plain_data():
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="training.optimizer must be one of"):
         LanguageModel(tiny_model_config(10), optimizer="sgd")
+
+
+def test_muon_momentum_warms_up_then_holds(datamodule):
+    class Momenta(L.Callback):
+        def __init__(self):
+            self.seen: list[float] = []
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.seen.append(optimizer.optimizers[0].param_groups[0]["momentum"])
+
+    module = LanguageModel(
+        tiny_model_config(datamodule.tokenizer.vocab_size), optimizer="muon",
+        muon_momentum=0.95, muon_momentum_warmup=10,
+    )  # fmt: skip
+    momenta = Momenta()
+    L.Trainer(
+        max_steps=12, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[momenta],
+    ).fit(module, datamodule=datamodule)  # fmt: skip
+    assert momenta.seen == pytest.approx([0.85 + 0.01 * step for step in range(10)] + [0.95] * 2)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.model import ModelConfig
-from tinyllm.optimizers import OPTIMIZER_IMPLS, OPTIMIZERS
+from tinyllm.optimizers import LR_SCHEDULES, OPTIMIZER_IMPLS, OPTIMIZERS
 from tinyllm.runs import default_log_dir, unique_folder
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,10 @@ class TrainingConfig:
     muon_lr_scale: float = 1.0
     muon_momentum: float = 0.95
     muon_ns_steps: int = 5
+    muon_momentum_warmup: int = 0
+    # the decay's shape: cosine, or wsd (flat, then linear over the last lr_cooldown share)
+    lr_schedule: str = "cosine"
+    lr_cooldown: float = 0.4
     # wall-clock training budget (seconds or "10m"; null: steps only): tinyllm.callbacks.TimeBudget
     time_budget: Any = None
 
@@ -233,6 +237,18 @@ class TrainingConfig:
             )
         if not 1 <= self.muon_ns_steps <= 20:
             raise ConfigError(f"training.muon_ns_steps must be in 1..20, got {self.muon_ns_steps}")
+        if self.muon_momentum_warmup < 0:
+            raise ConfigError(
+                f"training.muon_momentum_warmup must be >= 0 (0: off), got "
+                f"{self.muon_momentum_warmup}"
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(
+                f"training.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                f"got {self.lr_schedule!r}"
+            )
+        if not 0.0 < self.lr_cooldown <= 1.0:
+            raise ConfigError(f"training.lr_cooldown must be in (0, 1], got {self.lr_cooldown}")
         if self.weight_decay < 0:
             raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):

@@ -12,14 +12,24 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.optimizers import OPTIMIZER_IMPLS, OPTIMIZERS, build_optimizer
+from tinyllm.optimizers import (
+    LR_SCHEDULES,
+    OPTIMIZER_IMPLS,
+    OPTIMIZERS,
+    build_optimizer,
+    set_muon_momentum,
+)
 
 log = logging.getLogger(__name__)
+
+MUON_MOMENTUM_START = 0.85  # where `muon_momentum_warmup` starts
 
 
 @dataclass
 class LRPlan:
-    """Where the learning rate goes: linear warmup, then cosine decay to the floor at `end_step`.
+    """Where the learning rate goes: linear warmup, then a decay to the floor at `end_step`:
+    cosine, or (`cooldown` set: warmup-stable-decay) flat at the peak and then linear over the
+    last `cooldown` share of the decay span.
 
     Plain numbers, saved in checkpoints. The end can move while training (a time budget that
     fits fewer steps than asked for; a resumed run asked to train longer): `move_end` then
@@ -38,6 +48,7 @@ class LRPlan:
     clock_step: float = 0.0
     # the trainer's max_steps when the plan was made; a resumed run asking for other steps re-plans
     planned_for: int | None = None
+    cooldown: float | None = None  # None: cosine decay
 
     def multiplier(self, step: int) -> float:
         if self.anchor_step is None:
@@ -50,14 +61,18 @@ class LRPlan:
         if position >= self.end_step:
             return self.min_lr_ratio
         progress = max(0.0, position - start) / max(1, self.end_step - start)
-        return self.min_lr_ratio + 0.5 * (value - self.min_lr_ratio) * (
-            1.0 + math.cos(math.pi * progress)
-        )
+        if self.cooldown is None:
+            shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+        else:  # 1 while stable, then down in a straight line to 0 at the end
+            shape = min(1.0, (1.0 - progress) / self.cooldown)
+        return self.min_lr_ratio + (value - self.min_lr_ratio) * shape
 
     def move_end(self, step: int, end_step: int) -> None:
         """Reach the floor at `end_step` instead, continuing smoothly from the rate at `step`."""
         if self.anchor_step is not None or step >= self.warmup_steps:
             self.anchor_value, self.anchor_step = self.multiplier(step), step
+            if self.cooldown is not None and self.anchor_value < 1.0:
+                self.cooldown = 1.0  # moved while cooling down: straight on down to the floor
         elif end_step < 2 * self.warmup_steps:  # a run shorter than its warmup: warm up in half
             self.warmup_steps = max(step + 1, end_step // 2)
         self.end_step = end_step
@@ -92,12 +107,19 @@ class LanguageModel(L.LightningModule):
         muon_lr_scale: float = 1.0,
         muon_momentum: float = 0.95,
         muon_ns_steps: int = 5,
+        lr_schedule: str = "cosine",
+        lr_cooldown: float = 0.4,
+        muon_momentum_warmup: int = 0,
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if not isinstance(compile, bool):  # `model.compile=auto` is resolved before this
             raise ValueError(f"compile must be true or false here, got {compile!r}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(
+                f"training.lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}"
+            )
         if optimizer_impl not in OPTIMIZER_IMPLS:
             raise ValueError(
                 f"training.optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {optimizer_impl!r}"
@@ -118,6 +140,9 @@ class LanguageModel(L.LightningModule):
                 "muon_lr_scale": muon_lr_scale,
                 "muon_momentum": muon_momentum,
                 "muon_ns_steps": muon_ns_steps,
+                "lr_schedule": lr_schedule,
+                "lr_cooldown": lr_cooldown,
+                "muon_momentum_warmup": muon_momentum_warmup,
             }
         )
         self.config = ModelConfig.from_dict(dict(model_config))
@@ -188,6 +213,15 @@ class LanguageModel(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
+        if self.hparams.get("muon_momentum_warmup") and self.hparams.optimizer == "muon":
+            set_muon_momentum(self.trainer.optimizers[0], self._muon_momentum())
+
+    def _muon_momentum(self) -> float:
+        """Muon's momentum at this step: from MUON_MOMENTUM_START up to `muon_momentum` over
+        the first `muon_momentum_warmup` steps (modded-nanogpt's warm-up), then constant."""
+        hp, step = self.hparams, self.trainer.global_step
+        share = min(1.0, step / hp.muon_momentum_warmup)
+        return MUON_MOMENTUM_START + share * (hp.muon_momentum - MUON_MOMENTUM_START)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self._batch_started is None or not self._writes_logs(stepped=True):
@@ -230,7 +264,8 @@ class LanguageModel(L.LightningModule):
             decay_steps = hp.warmup_steps
         # a run shorter than twice its warmup warms up in its first half, then decays
         warmup = min(hp.warmup_steps, int(decay_steps) // 2)
-        return LRPlan(warmup, int(decay_steps), hp.min_lr_ratio)
+        cooldown = hp.get("lr_cooldown", 0.4) if hp.get("lr_schedule") == "wsd" else None
+        return LRPlan(warmup, int(decay_steps), hp.min_lr_ratio, cooldown=cooldown)
 
     def _max_steps(self) -> int | None:
         trainer = self._trainer

@@ -17,6 +17,8 @@ import torch
 OPTIMIZERS = ("adam", "adamw", "muon")
 # auto: torch's default; foreach: multi-tensor kernels; fused: one fused kernel; loop: per tensor
 OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "loop")
+# the learning rate's decay after warmup (tinyllm.module.LRPlan)
+LR_SCHEDULES = ("cosine", "wsd")
 
 
 class CombinedOptimizer(torch.optim.Optimizer):
@@ -123,3 +125,12 @@ def build_optimizer(model: torch.nn.Module, hp) -> torch.optim.Optimizer:
         adjust_lr_fn="match_rms_adamw",
     )
     return CombinedOptimizer([orthogonal, adam])
+
+
+def set_muon_momentum(optimizer: torch.optim.Optimizer, momentum: float) -> None:
+    """Set the momentum of the Muon groups of `optimizer` (a CombinedOptimizer or Muon)."""
+    inner = getattr(optimizer, "optimizers", [optimizer])
+    for opt in inner:
+        if isinstance(opt, torch.optim.Muon):
+            for group in opt.param_groups:
+                group["momentum"] = momentum
