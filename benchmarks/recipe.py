@@ -91,6 +91,12 @@ FINAL = {
     "wd0.2_seed2": ["training.weight_decay=0.2", "seed=2"],
     "wsd": ["training.lr_schedule=wsd"],
     "momentum_warmup": ["training.muon_momentum_warmup=300"],
+    "wd0.2_momentum_warmup": ["training.weight_decay=0.2", "training.muon_momentum_warmup=300"],
+    "wd0.2_momentum_warmup_seed2": [
+        "training.weight_decay=0.2",
+        "training.muon_momentum_warmup=300",
+        "seed=2",
+    ],
 }
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight
