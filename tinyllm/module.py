@@ -218,10 +218,12 @@ class LanguageModel(L.LightningModule):
 
     def _muon_momentum(self) -> float:
         """Muon's momentum at this step: from MUON_MOMENTUM_START up to `muon_momentum` over
-        the first `muon_momentum_warmup` steps (modded-nanogpt's warm-up), then constant."""
+        the first `muon_momentum_warmup` steps (modded-nanogpt's warm-up), then constant; a
+        target below the start is used from the first step (a warm-up never lowers it)."""
         hp, step = self.hparams, self.trainer.global_step
+        start = min(MUON_MOMENTUM_START, hp.muon_momentum)
         share = min(1.0, step / hp.muon_momentum_warmup)
-        return MUON_MOMENTUM_START + share * (hp.muon_momentum - MUON_MOMENTUM_START)
+        return start + share * (hp.muon_momentum - start)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self._batch_started is None or not self._writes_logs(stepped=True):
