@@ -115,6 +115,13 @@ def resolve_compile(cfg: DictConfig) -> bool:
     return True
 
 
+def trains_on_cuda(accelerator: str) -> bool:
+    """Whether a Trainer with `trainer.accelerator=accelerator` runs on a CUDA GPU here."""
+    import torch
+
+    return accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available()
+
+
 def compiler_missing(accelerator: str) -> str | None:
     """Why torch.compile cannot run here, or None: inductor needs Triton on a GPU and a C++
     compiler on the CPU."""
@@ -122,9 +129,7 @@ def compiler_missing(accelerator: str) -> str | None:
     import os
     import shutil
 
-    import torch
-
-    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+    if trains_on_cuda(accelerator):
         return None if importlib.util.find_spec("triton") else "Triton is not installed"
     compilers = [os.environ.get("CXX"), "g++", "clang++", "c++"]
     if not any(shutil.which(c) for c in compilers if c):

@@ -213,7 +213,9 @@ class LanguageModel(L.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         self._batch_started = time.perf_counter()
-        if self.hparams.get("muon_momentum_warmup") and self.hparams.optimizer == "muon":
+        warmup = self.hparams.get("muon_momentum_warmup", 0)
+        # set while it rises (and at a resume inside it); afterwards the groups keep the target
+        if warmup and self.hparams.optimizer == "muon" and self.trainer.global_step <= warmup:
             set_muon_momentum(self.trainer.optimizers[0], self._muon_momentum())
 
     def _muon_momentum(self) -> float:
@@ -266,7 +268,8 @@ class LanguageModel(L.LightningModule):
             decay_steps = hp.warmup_steps
         # a run shorter than twice its warmup warms up in its first half, then decays
         warmup = min(hp.warmup_steps, int(decay_steps) // 2)
-        cooldown = hp.get("lr_cooldown", 0.4) if hp.get("lr_schedule") == "wsd" else None
+        # a checkpoint from before the option has no lr_schedule: cosine, as it was trained
+        cooldown = hp.lr_cooldown if hp.get("lr_schedule") == "wsd" else None
         return LRPlan(warmup, int(decay_steps), hp.min_lr_ratio, cooldown=cooldown)
 
     def _max_steps(self) -> int | None:

@@ -29,6 +29,7 @@ from tinyllm.config import (
     parse_duration,
     print_config_tree,
     resolve_compile,
+    trains_on_cuda,
     validate,
 )
 from tinyllm.data import CharDataModule
@@ -139,7 +140,7 @@ def build_data_and_module(cfg: DictConfig) -> tuple[CharDataModule, L.LightningM
     vocabulary: what `train` fits (and the overhead benchmark's plain loop steps)."""
     if cfg.training.get("num_threads"):
         torch.set_num_threads(cfg.training.num_threads)
-    if cfg.trainer.get("accelerator") in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+    if trains_on_cuda(str(cfg.trainer.get("accelerator", "auto"))):
         # TF32 for the float32 matmuls that autocast leaves (Lightning's advice for tensor cores)
         torch.set_float32_matmul_precision("high")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
