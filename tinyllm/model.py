@@ -496,19 +496,9 @@ class Transformer(nn.Module):
         finally:
             self.train(was_training)
 
-    def generate(
-        self,
-        prompt_ids: Sequence[int] | torch.Tensor,
-        max_new_tokens: int,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
-    ) -> list[int]:
-        """The `max_new_tokens` ids sampled after the prompt (the prompt is not repeated)."""
-        return list(
-            self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, generator=generator)
-        )
+    def generate(self, *args, **kwargs) -> list[int]:
+        """`stream`'s ids as one list (the prompt is not repeated); the same arguments."""
+        return list(self.stream(*args, **kwargs))
 
 
 def sample_next_token(
