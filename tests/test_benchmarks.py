@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
-
-from tests.conftest import ROOT
 
 pytest.importorskip("benchmarks.common")
 
@@ -92,12 +88,14 @@ def test_switches_quick(corpus_file):
 
 @pytest.mark.slow
 def test_memory_and_report_quick(corpus_file, tmp_path):
-    """The driver, as the README runs it, on the memory benchmark (a real train.py subprocess)."""
+    """The driver's main, as the README runs it, on the memory benchmark (a real train.py
+    subprocess); in this process, which has already paid for the imports."""
+    from benchmarks import run
+
     out = tmp_path / "RESULTS.md"
     out.write_text("# kept\n\n<!-- generated: begin -->\nold\n<!-- generated: end -->\nkept too\n")
-    command = [sys.executable, "benchmarks/run.py", "--quick", "--only", "memory"]
-    command += ["--corpus", str(corpus_file), "--out", str(out)]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    command = ["--quick", "--only", "memory", "--corpus", str(corpus_file), "--out", str(out)]
+    run.main(command)
     text = out.read_text()
     assert text.startswith("# kept") and text.rstrip().endswith("kept too")
     assert "old" not in text and "peak RSS" in text
@@ -105,7 +103,7 @@ def test_memory_and_report_quick(corpus_file, tmp_path):
     assert "reruns" not in first and first["memory"]
     # a partial re-run of another benchmark keeps what the report had and says when it measured
     command[command.index("memory")] = "data"
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=300)
+    run.main(command)
     again = json.loads((tmp_path / "RESULTS.json").read_text())
     assert again["started"] == first["started"] and len(again["reruns"]) == 1
     assert again["memory"] == first["memory"] and again["data"]

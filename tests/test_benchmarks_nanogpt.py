@@ -6,13 +6,10 @@ The runs need ../shared/anchors/nanoGPT (not part of the repository) and are ski
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from benchmarks import nanogpt
-from tests.conftest import ROOT
 
 needs_nanogpt = pytest.mark.skipif(
     not (nanogpt.ANCHOR / "train.py").is_file(), reason="../shared/anchors/nanoGPT is not there"
@@ -112,11 +109,11 @@ def test_first_at_or_below():
 
 def test_missing_nanogpt_is_one_clear_line(tmp_path):
     """Without ../shared the script stops at once, saying so in one line."""
-    command = [sys.executable, "-m", "benchmarks.nanogpt", "--anchor", str(tmp_path / "none")]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0
-    assert done.stdout == ""
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("nanoGPT is not there")
+    with pytest.raises(SystemExit) as stopped:  # sys.exit(message): one line on stderr, exit 1
+        nanogpt.main(["--anchor", str(tmp_path / "none")])
+    message = stopped.value.code
+    assert isinstance(message, str) and "\n" not in message
+    assert message.startswith("nanoGPT is not there")
 
 
 def test_plot_draws_nanogpt_curve_with_runs(tmp_path):
@@ -142,9 +139,8 @@ TINY = [
 def test_cpu_recipe_writes_curve(corpus_file, tmp_path):
     """The CPU recipe, cut to a few iterations, through the real nanoGPT train.py."""
     out = tmp_path / "curve.json"
-    command = [sys.executable, "-m", "benchmarks.nanogpt", "--corpus", str(corpus_file)]
-    command += ["--workdir", str(tmp_path / "work"), "--out", str(out), *TINY]
-    subprocess.run(command, cwd=ROOT, check=True, capture_output=True, timeout=120)
+    nanogpt.main(["--corpus", str(corpus_file), "--workdir", str(tmp_path / "work"),
+                  "--out", str(out), *TINY])  # fmt: skip
     result = json.loads(out.read_text())
     assert [p["step"] for p in result["curve"]] == [0, 2, 4]
     assert all(p["seconds"] > 0 and p["val_loss"] > 0 for p in result["curve"])
@@ -156,16 +152,14 @@ def test_cpu_recipe_writes_curve(corpus_file, tmp_path):
 
 @pytest.mark.slow
 @needs_nanogpt
-def test_gpu_compare_flow_on_cpu(corpus_file, tmp_path):
+def test_gpu_compare_flow_on_cpu(corpus_file, tmp_path, capsys):
     """--gpu-compare's flow (both trainings, both curves, the table) with tiny CPU models."""
     out = tmp_path / "compare.json"
-    command = [sys.executable, "-m", "benchmarks.nanogpt", "--gpu-compare", "--dev-tiny"]
-    command += ["--corpus", str(corpus_file), "--workdir", str(tmp_path), "--out", str(out)]
-    command += ["--target", "10"]  # reached at the first eval of each side
-    done = subprocess.run(
-        command, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300
-    )
+    # the target is reached at the first eval of each side
+    nanogpt.main(["--gpu-compare", "--dev-tiny", "--corpus", str(corpus_file),
+                  "--workdir", str(tmp_path), "--out", str(out), "--target", "10"])  # fmt: skip
+    printed = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["nanoGPT"]["curve"] and result["tinyllm"]["curve"]
-    assert "| nanoGPT |" in done.stdout and "| tinyllm |" in done.stdout
+    assert "| nanoGPT |" in printed and "| tinyllm |" in printed
     assert "not reached" not in result["table"]
