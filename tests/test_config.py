@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config
+from conftest import CONFIG_DIR, TINY_OVERRIDES, compose_config, read_events
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import (
     EarlyStopping,
@@ -320,7 +320,7 @@ def test_debug_fast_dev_run(tmp_path, corpus_file):
     assert json.loads((run / "best" / "metadata.json").read_text())["step"] == 1
 
 
-def test_debug_overfit_learns_its_few_batches(tmp_path, corpus_file):
+def test_debug_overfit_learns_its_few_batches(tmp_path, corpus_file, recwarn):
     import json
 
     run, score = _tiny_run(tmp_path, corpus_file, "debug=overfit", "trainer.max_steps=100",
@@ -329,6 +329,11 @@ def test_debug_overfit_learns_its_few_batches(tmp_path, corpus_file):
     # from ~3.8 (a uniform guess) on 3 batches seen ~17 times each by the best validation;
     # the validation batches are other text
     assert train_loss < 2.0
+    # epochs of 3 batches, shorter than the logging interval (10): every interval is logged all
+    # the same, so Lightning's warning that the epoch's logs go missing is not shown
+    assert not [w for w in recwarn if "logging interval" in str(w.message)]
+    steps = [e.step for e in read_events(run / "tensorboard").Scalars("train/bpc")]
+    assert steps == list(range(9, 100, 10))
 
 
 def test_debug_limit_runs_short_epochs(tmp_path, corpus_file):
