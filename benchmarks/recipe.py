@@ -97,6 +97,9 @@ FINAL = {
         "training.muon_momentum_warmup=300",
         "seed=2",
     ],
+    # width against depth at the same 10 minutes (the default is 4 layers x 192, 3 heads of 64)
+    "depth6": ["model.n_layer=6"],
+    "width256": ["model.n_embd=256", "model.n_head=4"],
 }
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight
