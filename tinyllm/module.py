@@ -238,9 +238,8 @@ class LanguageModel(L.LightningModule):
         if not self._writes_logs():  # a norm per parameter per step slows small models
             return
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        if grads:
-            norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-            self.log("train/grad_norm", norm)
+        if grads:  # before clipping: the norm clipping compares with gradient_clip
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads))
 
     # --- optimiser and schedule -------------------------------------------------------------
 
