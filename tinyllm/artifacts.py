@@ -31,7 +31,6 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
 TOKENIZER_FILE = "tokenizer.json"
 METADATA_FILE = "metadata.json"
-ARTIFACT_FILES = (WEIGHTS_FILE, CONFIG_FILE, TOKENIZER_FILE, METADATA_FILE)
 BEST_DIR = "best"
 
 

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
 from tinyllm.callbacks import NonFiniteLossError, TrainingInterrupted
-from tinyllm.checkpointing import CheckpointError
+from tinyllm.checkpointing import CHECKPOINT_DIR, CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
 from tinyllm.runs import RunFolderError, default_log_dir, newest_with
@@ -360,7 +360,7 @@ def resolve_resume(value: str, log_dir: str | Path) -> tuple[Path, Path]:
         return run, run / LAST_CHECKPOINT
     path = Path(value).expanduser()
     if path.is_file() and path.suffix == ".ckpt":
-        if path.parent.name != "checkpoints":
+        if path.parent.name != CHECKPOINT_DIR:
             raise CheckpointError(
                 f"{path} is not inside a run's checkpoints/ folder: resume=<run folder>, "
                 f"or start a new run from it with ckpt_path={path}"

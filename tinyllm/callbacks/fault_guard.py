@@ -26,7 +26,7 @@ import torch
 
 from tinyllm.artifacts import WEIGHTS_FILE
 from tinyllm.callbacks.best_artifacts import BestArtifactsCallback
-from tinyllm.checkpointing import LAST_CHECKPOINT, resume_command
+from tinyllm.checkpointing import CHECKPOINT_DIR, LAST_CHECKPOINT, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class FaultGuard(L.Callback):
             raise TrainingInterrupted(self.stopped_by, trainer.global_step, last, command)
 
     def _last_path(self, trainer) -> Path:
-        return self._last_checkpoint_path(trainer) or self.run_dir / "checkpoints" / LAST_CHECKPOINT
+        return (
+            self._last_checkpoint_path(trainer) or self.run_dir / CHECKPOINT_DIR / LAST_CHECKPOINT
+        )
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_signals()
