@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from tinyllm.artifacts import TOKENIZER_FILE
 from tinyllm.callbacks import (
     BestArtifactsCallback,
     FaultGuard,
@@ -35,7 +36,7 @@ from tinyllm.config import (
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import ModelConfig
-from tinyllm.runs import RunLock
+from tinyllm.runs import RUN_CONFIG, RunLock
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,11 @@ def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | Non
     if writes_files:
         if cfg.get("print_config", True):
             print_config_tree(cfg)
-        write_atomic(output_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True).encode())
+        write_atomic(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
 
     datamodule, module = build_data_and_module(cfg)
     if writes_files:
-        datamodule.tokenizer.save_state(output_dir / "tokenizer.json")
+        datamodule.tokenizer.save_state(output_dir / TOKENIZER_FILE)
         log.info("config and tokenizer saved in %s", _shown(output_dir))
     config = module.config
     log.info(

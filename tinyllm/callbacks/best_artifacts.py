@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from tinyllm.artifacts import save_artifacts
+from tinyllm.artifacts import WEIGHTS_FILE, save_artifacts
 from tinyllm.callbacks.sample_text import datamodule_tokenizer
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ class BestArtifactsCallback(L.Callback):
             self.export(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if not self.exported and not (self.dirpath / "model.safetensors").exists():
+        if not self.exported and not (self.dirpath / WEIGHTS_FILE).exists():
             self.export(trainer, pl_module)
 
     def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

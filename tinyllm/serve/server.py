@@ -71,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 def model_id_of(path: Path | None) -> str:
     """A readable id: the run folder's name for .../<run>/best (<time>-<job> in a multirun),
     else the file or folder name."""
+    from tinyllm.artifacts import BEST_DIR
+
     if path is None:
         return "tinyllm"
     path = Path(path)
-    if path.name != "best":
+    if path.name != BEST_DIR:
         return path.stem or "tinyllm"
     run = path.parent
     if run.parent.parent.name == "multiruns":  # multiruns/<time>/<job>/best
