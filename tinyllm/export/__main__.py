@@ -1,0 +1,7 @@
+"""`python -m tinyllm.export`: as `tinyllm-export`."""
+
+import sys
+
+from tinyllm.export.program import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""generation_config.json and the model card (README.md) from the run's metadata and config."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tinyllm.artifacts import LoadedModel
+from tinyllm.export.architectures import architecture
+from tinyllm.runs import find_run_config
+
+# the run's console defaults when its metadata has none (training/default.yaml)
+CONSOLE_DEFAULTS = {"max_tokens": 500, "temperature": 0.8, "top_k": 0}
+
+
+def read_run_config(model_path: Path) -> dict:
+    """The run's resolved config.yaml (next to best/ or checkpoints/), or {} if there is none."""
+    path = find_run_config(model_path)
+    if path is None:
+        return {}
+    from omegaconf import OmegaConf
+
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:  # noqa: BLE001 - a damaged run config only costs the card details
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def console_defaults(metadata: dict, run_config: dict) -> dict:
+    """Temperature, top-k and length the run's chat console uses: metadata, then config.yaml."""
+    training = run_config.get("training") or {}
+    stored = metadata.get("console") or {}
+    settings = {}
+    for key, default in CONSOLE_DEFAULTS.items():
+        value = stored.get(key, training.get(f"console_{key}", default))
+        settings[key] = value if isinstance(value, (int, float)) else default
+    return settings
+
+
+def max_new_tokens(console: dict, context_length: int) -> int:
+    """The console's length, at most half the context: `generate` does not slide its window as
+    tinyllm does, and GPT-2 fails (IndexError) past its last position, so prompt plus
+    continuation must fit the context."""
+    return max(1, min(console["max_tokens"], context_length // 2))
+
+
+def generation_config(console: dict, context_length: int) -> dict:
+    return {
+        "do_sample": console["temperature"] > 0,
+        "temperature": console["temperature"] if console["temperature"] > 0 else None,
+        "top_k": console["top_k"],  # 0 is off, as in tinyllm (transformers' default is 50)
+        "max_new_tokens": max_new_tokens(console, context_length),
+        "bos_token_id": None,
+        "eos_token_id": None,
+        "pad_token_id": None,
+    }
+
+
+def _number(value: object, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "unknown"
+
+
+# how the model card names the block's parts
+CARD_NORMS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}
+CARD_MLPS = {"gelu": "GELU", "relu2": "squared-ReLU", "swiglu": "SwiGLU"}
+
+
+def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
+    """README.md: what the model is, its data, its validation loss, how it was trained and used."""
+    config, meta = loaded.model.config, loaded.metadata
+    params = sum(p.numel() for p in loaded.model.parameters())
+    val_loss = meta.get("val_loss")
+    bpc = meta.get("val_bpc")
+    if bpc is None and isinstance(val_loss, (int, float)):
+        bpc = val_loss / math.log(2)
+    training = run_config.get("training") or {}
+    trainer = run_config.get("trainer") or {}
+    trained = [f"- optimizer steps: {meta['step']}"] if meta.get("step") is not None else []
+    if training:
+        trained += [
+            f"- optimizer: {training.get('optimizer', 'adam')}, peak learning rate "
+            f"{training.get('learning_rate')}, {training.get('batch_size')} windows of "
+            f"{config.context_length} characters per step",
+            f"- precision: {trainer.get('precision', 'not recorded')}",
+        ]
+    trained = trained or ["- not recorded with the model (no run config.yaml next to it)"]
+    positions = {
+        "rotary": "rotary position embeddings",
+        "learned": "learned position embeddings",
+        "sinusoidal": "fixed sinusoidal positions, stored as GPT-2 position embeddings",
+    }[config.positional]
+    block = f"pre-norm {CARD_NORMS[config.norm]}, {CARD_MLPS[config.mlp]} MLP" + (
+        ", RMSNorm on each head's queries and keys" if config.qk_norm else ""
+    )
+    vocab = "".join(getattr(loaded.tokenizer, "vocab", []))
+    return f"""---
+library_name: transformers
+pipeline_tag: text-generation
+tags:
+- tinyllm
+- character-level
+---
+
+# tinyllm character-level language model
+
+A small character-level transformer trained with tinyllm and exported to the stock
+`transformers` class `{architecture(config)}` (no remote code).
+Every character is one token; the model continues text character by character.
+
+| | |
+|---|---|
+| architecture | `{architecture(config)}`: {positions} |
+| block | {block} |
+| layers / heads / width | {config.n_layer} / {config.n_head} / {config.n_embd} |
+| context | {config.context_length} characters |
+| parameters | {params:,} |
+| vocabulary | {config.vocab_size} characters |
+| output head | {"tied to the token embedding" if config.tie_weights else "its own matrix"} |
+
+## Data
+
+{meta.get("data_source") or "unknown (not recorded with the model)"}
+
+Vocabulary (in id order): `{json.dumps(vocab, ensure_ascii=False)}`
+
+## Results
+
+Validation loss {_number(val_loss)} nats per character ({_number(bpc)} bits per character),
+measured by the training run on its held-out split.
+
+## Training
+
+{chr(10).join(trained)}
+
+## Use
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")
+tok = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
+ids = tok("ROMEO:", return_tensors="pt").input_ids
+print(tok.decode(model.generate(ids, max_new_tokens=200)[0]))
+```
+
+`generation_config.json` holds the run's chat defaults: temperature {console["temperature"]},
+top-k {console["top_k"]} (0 = off) and {max_new_tokens(console, config.context_length)} new
+tokens (the run's console wrote {console["max_tokens"]}; at most half the context here). The
+model saw at most {config.context_length} characters at a time: keep prompt plus continuation
+within that (tinyllm's own generation slides a window; `generate` does not). Characters outside the
+vocabulary cannot be encoded.
+"""

@@ -1,0 +1,110 @@
+"""tokenizer.json and tokenizer_config.json: our tokenizers as `tokenizers` models, same ids."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from tinyllm.export.architectures import ExportError
+from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
+
+
+def _character_tokenizer_json(tokenizer: CharacterTokenizer) -> dict:
+    """A `tokenizers` WordLevel model over single characters: one token per character, our ids."""
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,  # no Unicode normalisation: the text reaches the model as written
+        # every character (newlines included: [\s\S], not '.') is its own piece
+        "pre_tokenizer": {
+            "type": "Split",
+            "pattern": {"Regex": "[\\s\\S]"},
+            "behavior": "Isolated",
+            "invert": False,
+        },
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},  # join the pieces without spaces
+        "model": {
+            "type": "WordLevel",
+            "vocab": {character: i for i, character in enumerate(tokenizer.vocab)},
+            # not in the vocabulary: a character the model never saw is an error, as in tinyllm
+            "unk_token": "<unk>",
+        },
+    }
+
+
+def byte_symbols() -> list[str]:
+    """The printable character `tokenizers`' ByteLevel stands each byte value for (GPT-2's
+    scheme): visible Latin-1 bytes are themselves, the others (controls, space, soft hyphen)
+    take the code points from 256 on, in byte order."""
+    visible = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    others = (b for b in range(256) if b not in visible)
+    symbols = {b: chr(b) for b in visible} | {b: chr(256 + n) for n, b in enumerate(others)}
+    return [symbols[b] for b in range(256)]
+
+
+def _byte_tokenizer_json(tokenizer: ByteTokenizer) -> dict:
+    """UTF-8 bytes as tokens, id = byte value: ByteLevel maps text to one symbol per byte, each
+    symbol is a token, and the ByteLevel decoder turns the symbols back into bytes and text."""
+    byte_level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    return {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": [],
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "ByteLevel", **byte_level},
+                {
+                    "type": "Split",
+                    "pattern": {"Regex": "[\\s\\S]"},
+                    "behavior": "Isolated",
+                    "invert": False,
+                },
+            ],
+        },  # fmt: skip
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", **byte_level},
+        "model": {
+            "type": "WordLevel",
+            "vocab": {symbol: i for i, symbol in enumerate(byte_symbols())},
+            "unk_token": "<unk>",
+        },
+    }
+
+
+# One writer per tokenizer kind.
+TOKENIZER_WRITERS: dict[type, Callable[[object], dict]] = {
+    CharacterTokenizer: _character_tokenizer_json,
+    ByteTokenizer: _byte_tokenizer_json,
+}
+
+
+def tokenizer_characters(tokenizer) -> str:
+    """Characters the round-trip check covers: the whole vocabulary of a character tokenizer;
+    for bytes, ASCII and multi-byte characters of several scripts."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "".join(chr(c) for c in range(32, 127)) + "\n\t\r é ü — “ ” 中文 😀"
+    return "".join(tokenizer.vocab)
+
+
+def tokenizer_files(tokenizer: object, context_length: int) -> dict[str, dict]:
+    """tokenizer.json (for PreTrainedTokenizerFast) and tokenizer_config.json."""
+    writer = TOKENIZER_WRITERS.get(type(tokenizer))
+    if writer is None:
+        raise ExportError(
+            f"the tokenizer {type(tokenizer).__name__} cannot be exported yet "
+            f"(supported: {', '.join(t.__name__ for t in TOKENIZER_WRITERS)})"
+        )
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": context_length,
+        # the default cleanup would turn "a ." into "a." when decoding: keep the text exact
+        "clean_up_tokenization_spaces": False,
+        "add_bos_token": False,
+        "add_eos_token": False,
+    }
+    return {"tokenizer.json": writer(tokenizer), "tokenizer_config.json": config}
