@@ -207,71 +207,46 @@ class TrainingConfig:
     time_budget: Any = None
 
     def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "max_context", "sample_frequency")
-        positive += ("console_max_tokens", "val_interval", "sample_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"training.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"training.learning_rate must be > 0, got {self.learning_rate}")
-        if not 0.0 < self.val_split < 1.0:
-            raise ConfigError(
-                f"training.val_split must be strictly between 0 and 1 (e.g. 0.1), "
-                f"got {self.val_split}"
-            )
-        if self.gradient_clip < 0:
-            raise ConfigError(
-                f"training.gradient_clip must be >= 0 (0 turns clipping off), "
-                f"got {self.gradient_clip}"
-            )
-        for name in ("temperature", "console_temperature"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"training.{name} must be >= 0, got {getattr(self, name)}")
-        if self.console_top_k < 0:
-            raise ConfigError(
-                f"training.console_top_k must be >= 0 (0 = off), got {self.console_top_k}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
-            )
-        if not self.muon_lr_scale > 0 or not 0.0 <= self.muon_momentum < 1.0:
-            raise ConfigError(
-                "training.muon_lr_scale must be > 0 and training.muon_momentum in [0, 1), got "
-                f"{self.muon_lr_scale} and {self.muon_momentum}"
-            )
-        if not 1 <= self.muon_ns_steps <= 20:
-            raise ConfigError(f"training.muon_ns_steps must be in 1..20, got {self.muon_ns_steps}")
-        if self.muon_momentum_warmup < 0:
-            raise ConfigError(
-                f"training.muon_momentum_warmup must be >= 0 (0: off), got "
-                f"{self.muon_momentum_warmup}"
-            )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(
-                f"training.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
-                f"got {self.lr_schedule!r}"
-            )
-        if not 0.0 < self.lr_cooldown <= 1.0:
-            raise ConfigError(f"training.lr_cooldown must be in (0, 1], got {self.lr_cooldown}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"training.weight_decay must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ConfigError(f"training.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"training.warmup_steps must be >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"training.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.optimizer_impl not in OPTIMIZER_IMPLS:
-            raise ConfigError(
-                f"training.optimizer_impl must be one of {', '.join(OPTIMIZER_IMPLS)}, "
-                f"got {self.optimizer_impl!r}"
-            )
+        for name, (ok, wanted) in TRAINING_RULES.items():
+            value = getattr(self, name)
+            if not ok(value):
+                raise ConfigError(f"training.{name} must be {wanted}, got {value!r}")
         parse_duration(self.time_budget)
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ConfigError(
-                f"training.num_threads must be >= 1 (null: torch's default), got {self.num_threads}"
-            )
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
+_NOT_NEGATIVE = (lambda v: v >= 0, ">= 0")
+# What each training.* value may be (the typed values of TrainingConfig): (check, the wording)
+TRAINING_RULES: dict[str, tuple] = {
+    **dict.fromkeys(
+        ("epochs", "batch_size", "max_context", "sample_frequency", "console_max_tokens",
+         "val_interval", "sample_tokens"),
+        _AT_LEAST_1,
+    ),
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "val_split": (lambda v: 0.0 < v < 1.0, "strictly between 0 and 1 (e.g. 0.1)"),
+    "gradient_clip": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
+    "temperature": _NOT_NEGATIVE,
+    "console_temperature": _NOT_NEGATIVE,
+    "console_top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "optimizer": _one_of(OPTIMIZERS),
+    "muon_lr_scale": (lambda v: v > 0, "> 0"),
+    "muon_momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "muon_ns_steps": (lambda v: 1 <= v <= 20, "in 1..20"),
+    "muon_momentum_warmup": (lambda v: v >= 0, ">= 0 (0: off)"),
+    "lr_schedule": _one_of(LR_SCHEDULES),
+    "lr_cooldown": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "weight_decay": _NOT_NEGATIVE,
+    "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
+    "warmup_steps": _NOT_NEGATIVE,
+    "min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "optimizer_impl": _one_of(OPTIMIZER_IMPLS),
+    "num_threads": (lambda v: v is None or v >= 1, ">= 1 (null: torch's default)"),
+}  # fmt: skip
 
 
 # --- every other user-settable value, whatever key path sets it --------------------------------

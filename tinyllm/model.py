@@ -69,18 +69,13 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        if self.dropout_mask not in DROPOUT_MASKS:
-            raise ValueError(
-                f"model.dropout_mask must be one of {DROPOUT_MASKS}, got {self.dropout_mask!r}"
-            )
-        if self.positional not in POSITIONAL_ENCODINGS:
-            raise ValueError(
-                f"model.positional must be one of {POSITIONAL_ENCODINGS}, got {self.positional!r}"
-            )
-        if self.norm not in NORMS:
-            raise ValueError(f"model.norm must be one of {NORMS}, got {self.norm!r}")
-        if self.mlp not in MLPS:
-            raise ValueError(f"model.mlp must be one of {MLPS}, got {self.mlp!r}")
+        choices = {"dropout_mask": DROPOUT_MASKS, "positional": POSITIONAL_ENCODINGS,
+                   "norm": NORMS, "mlp": MLPS}  # fmt: skip
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"model.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.positional == "rotary" and self.head_dim % 2:
             raise ValueError(
                 "model.positional=rotary needs an even head size, "

@@ -112,18 +112,13 @@ class LanguageModel(L.LightningModule):
         muon_momentum_warmup: int = 0,
     ):
         super().__init__()
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"training.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        choices = (("optimizer", optimizer, OPTIMIZERS), ("lr_schedule", lr_schedule, LR_SCHEDULES),
+                   ("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS))  # fmt: skip
+        for key, value, allowed in choices:
+            if value not in allowed:
+                raise ValueError(f"training.{key} must be one of {allowed}, got {value!r}")
         if not isinstance(compile, bool):  # `model.compile=auto` is resolved before this
             raise ValueError(f"compile must be true or false here, got {compile!r}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(
-                f"training.lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}"
-            )
-        if optimizer_impl not in OPTIMIZER_IMPLS:
-            raise ValueError(
-                f"training.optimizer_impl must be one of {OPTIMIZER_IMPLS}, got {optimizer_impl!r}"
-            )
         # plain dicts/lists only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters(
             {
