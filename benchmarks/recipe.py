@@ -99,6 +99,19 @@ FINAL = {
     # width against depth at the same 10 minutes (the default is 4 layers x 192, 3 heads of 64)
     "depth6": ["model.n_layer=6"],
     "width256": ["model.n_embd=256", "model.n_head=4"],
+    # half the context, twice the windows: the same tokens per step, a quarter of attention's cost
+    "ctx128": ["training.max_context=128", "training.batch_size=32"],
+    # the learning rate's floor: decay to zero (cosine, or linear from the end of warmup)
+    "cosine_to_zero": ["training.min_lr_ratio=0"],
+    "linear_to_zero": [
+        "training.min_lr_ratio=0",
+        "training.lr_schedule=wsd",
+        "training.lr_cooldown=1.0",
+    ],
+    # no dropout (a 1.27x faster compiled step), stronger weight decay against the overfitting
+    "nodrop_wd0.4": ["model.dropout=0", "training.weight_decay=0.4"],
+    # 1.5x the tokens per step: larger matmuls, Muon's fixed cost spread over more tokens
+    "batch24": ["training.batch_size=24"],
 }
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight
