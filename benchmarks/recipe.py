@@ -112,6 +112,8 @@ FINAL = {
     "nodrop_wd0.4": ["model.dropout=0", "training.weight_decay=0.4"],
     # 1.5x the tokens per step: larger matmuls, Muon's fixed cost spread over more tokens
     "batch24": ["training.batch_size=24"],
+    # validate and keep best/ with an exponential moving average of the weights (~100 batches)
+    "ema0.99": ["training.ema_decay=0.99"],
 }
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight

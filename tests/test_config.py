@@ -370,6 +370,54 @@ def test_optional_loggers_are_configured_offline(tmp_path, name):
         assert logger.offline is True
 
 
+def test_weight_average_is_what_validation_scores_and_best_keeps(tmp_path, corpus_file):
+    """training.ema_decay: validation and best/ use the moving average (torch's AveragedModel),
+    updated after every batch; the checkpoint keeps the trained weights and the average apart."""
+    import json
+
+    import torch
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+    from safetensors.torch import load_file
+
+    from tinyllm.artifacts import load_model
+
+    run, score = _tiny_run(tmp_path, corpus_file, "training.ema_decay=0.8")
+    assert json.loads((run / "best" / "metadata.json").read_text())["step"] == 30
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert int(state["ema.n_averaged"]) == 30
+    best = load_file(run / "best" / "model.safetensors")
+    name = "blocks.0.attn.qkv.weight"
+    assert torch.equal(best[name], state[f"ema.module.{name}"])
+    assert not torch.allclose(best[name], state[f"model.{name}"])
+    # the logged score is the exported average's loss on the same validation windows
+    datamodule = instantiate(compose_config([*TINY_OVERRIDES, f"data.path={corpus_file}"]).data)
+    datamodule.setup("validate")
+    model, total, count = load_model(run / "best").model, 0.0, 0
+    with torch.no_grad():
+        for x, y in datamodule.val_dataloader():
+            total += float(F.cross_entropy(model(x).flatten(0, 1), y.flatten(), reduction="sum"))
+            count += y.numel()
+    assert total / count == pytest.approx(score, rel=1e-5)
+
+    # resumed without the average it is dropped; a run without one resumed with it starts one
+    from tinyllm.training import train
+
+    last = run / "checkpoints" / "last.ckpt"
+    for i, decay in enumerate((0.0, 0.8)):
+        again = tmp_path / f"resumed{i}"
+        overrides = [
+            f"ckpt_path={last}",
+            f"trainer.max_steps={40 + 10 * i}",
+            f"training.ema_decay={decay}",
+        ]
+        cfg = compose_config([*TINY_OVERRIDES, f"data.path={corpus_file}", *overrides], again)
+        assert train(cfg) is not None
+        state = torch.load(again / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert ("ema.n_averaged" in state) == bool(decay)
+        last = again / "checkpoints" / "last.ckpt"
+
+
 @pytest.mark.slow
 def test_compiled_model_trains_and_saves_plain_weights(tmp_path, corpus_file):
     """`model.compile=true` runs the training forward through torch.compile (dynamo compiles

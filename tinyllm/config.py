@@ -203,6 +203,8 @@ class TrainingConfig:
     # the decay's shape: cosine, or wsd (flat, then linear over the last lr_cooldown share)
     lr_schedule: str = "cosine"
     lr_cooldown: float = 0.4
+    # > 0: validate and keep best/ with a moving average of the weights (this decay per batch)
+    ema_decay: float = 0.0
     # wall-clock training budget (seconds or "10m"; null: steps only): tinyllm.callbacks.TimeBudget
     time_budget: Any = None
 
@@ -240,6 +242,7 @@ TRAINING_RULES: dict[str, tuple] = {
     "muon_momentum_warmup": (lambda v: v >= 0, ">= 0 (0: off)"),
     "lr_schedule": _one_of(LR_SCHEDULES),
     "lr_cooldown": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    "ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: off)"),
     "weight_decay": _NOT_NEGATIVE,
     "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
     "warmup_steps": _NOT_NEGATIVE,
@@ -319,6 +322,7 @@ RULES: dict[str, tuple] = {
     "module.warmup_steps": _int_at_least(0),
     "module.lr_decay_steps": _int_at_least(1, nullable=True),
     "module.min_lr_ratio": _between(0, 1),
+    "module.ema_decay": _between(0, 1, high_open=True),
     "trainer.max_steps": _MAX_STEPS,
     "trainer.max_epochs": _MAX_EPOCHS,
     "trainer.min_steps": _int_at_least(0, nullable=True),

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.optimizers import (
@@ -110,6 +111,7 @@ class LanguageModel(L.LightningModule):
         lr_schedule: str = "cosine",
         lr_cooldown: float = 0.4,
         muon_momentum_warmup: int = 0,
+        ema_decay: float = 0.0,
     ):
         super().__init__()
         choices = (("optimizer", optimizer, OPTIMIZERS), ("lr_schedule", lr_schedule, LR_SCHEDULES),
@@ -138,6 +140,7 @@ class LanguageModel(L.LightningModule):
                 "lr_schedule": lr_schedule,
                 "lr_cooldown": lr_cooldown,
                 "muon_momentum_warmup": muon_momentum_warmup,
+                "ema_decay": ema_decay,
             }
         )
         self.config = ModelConfig.from_dict(dict(model_config))
@@ -146,6 +149,12 @@ class LanguageModel(L.LightningModule):
         # torch.compile. The compiled function is kept out of the module tree, so checkpoints and
         # artifacts hold the plain Transformer's keys and generation (KV cache) stays eager.
         self._compiled_forward = torch.compile(self.model.forward) if compile else None
+        # `training.ema_decay`: validation scores, and best/ keeps, an exponential moving average
+        # of the weights (torch's AveragedModel), updated after every training batch
+        self.ema: AveragedModel | None = None
+        if ema_decay:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
+            self.ema.requires_grad_(False)
         self._batch_started: float | None = None
         self._loss_logged_at = float("-inf")
         # the learning-rate plan: made in configure_optimizers, or restored from a checkpoint
@@ -154,9 +163,17 @@ class LanguageModel(L.LightningModule):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.model(idx)
 
-    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    @property
+    def evaluated_model(self) -> Transformer:
+        """The weights validation scores and best/ keeps: the moving average, if there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], averaged: bool = False):
         inputs, targets = batch
-        logits = self._compiled(inputs) if self._compiled_forward else self.model(inputs)
+        if averaged and self.ema is not None:
+            logits = self.ema.module(inputs)
+        else:
+            logits = self._compiled(inputs) if self._compiled_forward else self.model(inputs)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
 
     def _compiled(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -200,7 +217,7 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        loss = self._loss(batch)
+        loss = self._loss(batch, averaged=True)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch[0].size(0))
         self.log("val/bpc", loss / math.log(2), sync_dist=True, batch_size=batch[0].size(0))
 
@@ -223,6 +240,8 @@ class LanguageModel(L.LightningModule):
         return start + share * (hp.muon_momentum - start)
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         if self._batch_started is None or not self._writes_logs(stepped=True):
             return
         seconds = time.perf_counter() - self._batch_started
@@ -277,3 +296,14 @@ class LanguageModel(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "lr_plan" in checkpoint:
             self.lr_plan = LRPlan(**checkpoint["lr_plan"])
+        # a run resumed with the moving average switched on or off: it starts from the weights
+        # as trained, or is dropped (called before Lightning loads the state_dict)
+        state = checkpoint.get("state_dict", {})
+        has_average = any(key.startswith("ema.") for key in state)
+        if self.ema is not None and not has_average:
+            trained = {k.removeprefix("model."): v for k, v in state.items() if k[:6] == "model."}
+            state.update({f"ema.module.{k}": v for k, v in trained.items()})
+            state["ema.n_averaged"] = torch.tensor(0)
+        elif self.ema is None and has_average:
+            for key in [key for key in state if key.startswith("ema.")]:
+                del state[key]

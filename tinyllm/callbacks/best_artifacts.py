@@ -73,7 +73,9 @@ class BestArtifactsCallback(L.Callback):
             "console": self.console,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        model = getattr(pl_module.model, "_orig_mod", pl_module.model)  # unwrap torch.compile
+        # the weights validation scored (a moving average with training.ema_decay)
+        model = getattr(pl_module, "evaluated_model", pl_module.model)
+        model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
         with torch.no_grad():
             save_artifacts(self.dirpath, model, datamodule_tokenizer(trainer), metadata)
         log.info(
