@@ -182,29 +182,32 @@ def _neox_qkv(tensor: torch.Tensor, config: ModelConfig) -> torch.Tensor:
     return grouped.reshape(3 * config.n_embd, *rest)
 
 
+def _layer_norm(name: str, norm: nn.LayerNorm, offset: float = 0.0) -> Tensors:
+    """A stock LayerNorm (always a bias: zeros where ours has none), its weight minus `offset`."""
+    return {f"{name}.weight": norm.weight - offset, f"{name}.bias": _norm_bias(norm)}
+
+
+def _biased(name: str, linear: nn.Linear, weight: torch.Tensor | None = None) -> Tensors:
+    """A stock Linear that always has a bias (zeros where ours has none)."""
+    weight = linear.weight if weight is None else weight
+    return {f"{name}.weight": weight, f"{name}.bias": _bias(linear)}
+
+
 def _neox_tensors(model: Transformer) -> Tensors:
     config = model.config
     out = {"gpt_neox.embed_in.weight": model.token_embedding.weight}
     for i, block in enumerate(model.blocks):
-        p = f"gpt_neox.layers.{i}."
-        attn, mlp = block.attn, block.mlp
-        out |= {
-            p + "input_layernorm.weight": block.ln1.weight,
-            p + "input_layernorm.bias": _norm_bias(block.ln1),
-            p + "post_attention_layernorm.weight": block.ln2.weight,
-            p + "post_attention_layernorm.bias": _norm_bias(block.ln2),
-            p + "attention.query_key_value.weight": _neox_qkv(attn.qkv.weight, config),
-            p + "attention.dense.weight": attn.proj.weight,
-            p + "mlp.dense_h_to_4h.weight": mlp.fc.weight,
-            p + "mlp.dense_h_to_4h.bias": _bias(mlp.fc),
-            p + "mlp.dense_4h_to_h.weight": mlp.proj.weight,
-            p + "mlp.dense_4h_to_h.bias": _bias(mlp.proj),
-        }
+        p, attn = f"gpt_neox.layers.{i}.", block.attn
+        out |= _layer_norm(p + "input_layernorm", block.ln1)
+        out |= _layer_norm(p + "post_attention_layernorm", block.ln2)
+        out[p + "attention.query_key_value.weight"] = _neox_qkv(attn.qkv.weight, config)
+        out[p + "attention.dense.weight"] = attn.proj.weight
         if config.bias:  # attention_bias=false: NeoX's attention has no bias parameters at all
             out[p + "attention.query_key_value.bias"] = _neox_qkv(attn.qkv.bias, config)
             out[p + "attention.dense.bias"] = attn.proj.bias
-    out["gpt_neox.final_layer_norm.weight"] = model.ln_f.weight
-    out["gpt_neox.final_layer_norm.bias"] = _norm_bias(model.ln_f)
+        out |= _biased(p + "mlp.dense_h_to_4h", block.mlp.fc)
+        out |= _biased(p + "mlp.dense_4h_to_h", block.mlp.proj)
+    out |= _layer_norm("gpt_neox.final_layer_norm", model.ln_f)
     if not config.tie_weights:
         # the name NeoX checkpoints use; transformers 5 renames it to lm_head when loading
         out["embed_out.weight"] = model.lm_head.weight
@@ -222,25 +225,14 @@ def _gpt2_tensors(model: Transformer) -> Tensors:
         "transformer.wpe.weight": positions,
     }
     for i, block in enumerate(model.blocks):
-        p = f"transformer.h.{i}."
-        attn, mlp = block.attn, block.mlp
+        p, attn, mlp = f"transformer.h.{i}.", block.attn, block.mlp
+        out |= _layer_norm(p + "ln_1", block.ln1)
+        out |= _layer_norm(p + "ln_2", block.ln2)
         # GPT-2's Conv1D stores (in, out): the transpose of nn.Linear's (out, in)
-        out |= {
-            p + "ln_1.weight": block.ln1.weight,
-            p + "ln_1.bias": _norm_bias(block.ln1),
-            p + "ln_2.weight": block.ln2.weight,
-            p + "ln_2.bias": _norm_bias(block.ln2),
-            p + "attn.c_attn.weight": attn.qkv.weight.t(),
-            p + "attn.c_attn.bias": _bias(attn.qkv),
-            p + "attn.c_proj.weight": attn.proj.weight.t(),
-            p + "attn.c_proj.bias": _bias(attn.proj),
-            p + "mlp.c_fc.weight": mlp.fc.weight.t(),
-            p + "mlp.c_fc.bias": _bias(mlp.fc),
-            p + "mlp.c_proj.weight": mlp.proj.weight.t(),
-            p + "mlp.c_proj.bias": _bias(mlp.proj),
-        }
-    out["transformer.ln_f.weight"] = model.ln_f.weight
-    out["transformer.ln_f.bias"] = _norm_bias(model.ln_f)
+        for name, linear in (("attn.c_attn", attn.qkv), ("attn.c_proj", attn.proj),
+                             ("mlp.c_fc", mlp.fc), ("mlp.c_proj", mlp.proj)):  # fmt: skip
+            out |= _biased(p + name, linear, linear.weight.t())
+    out |= _layer_norm("transformer.ln_f", model.ln_f)
     if not config.tie_weights:
         out["lm_head.weight"] = model.lm_head.weight
     return out
@@ -264,8 +256,8 @@ def _rms_norm(name: str, norm: nn.Module) -> Tensors:
 
 
 def _layer_norm_1p(name: str, norm: nn.LayerNorm) -> Tensors:
-    """Nemotron's LayerNorm1P multiplies by weight + 1: store ours minus 1; always a bias."""
-    return {f"{name}.weight": norm.weight - 1.0, f"{name}.bias": _norm_bias(norm)}
+    """Nemotron's LayerNorm1P multiplies by weight + 1: store ours minus 1."""
+    return _layer_norm(name, norm, offset=1.0)
 
 
 def _decoder_tensors(
