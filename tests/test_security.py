@@ -227,7 +227,9 @@ def _lying_model(tmp_path: Path, positional: str, **lie) -> Path:
         ("learned", {"n_embd": 60000}, "token_embedding.weight is [10, 16] in the weights"),
         ("learned", {"n_embd": 20000}, "needs [10, 20000]"),
         ("rotary", {"context_length": 10**9}, "context_length=1000000000 asks for"),
-        ("sinusoidal", {"n_layer": 10**5}, "the weights hold 2 layers but the config says"),
+        ("sinusoidal", {"n_layer": 10**12}, "the weights hold 2 layers but the config says"),
+        # past what torch can describe (its size computation overflows): still one line
+        ("learned", {"context_length": 2**62}, "sizes no tensor can have"),
     ],
 )
 def test_oversized_config_is_refused_before_allocating(tmp_path, positional, lie, message):

@@ -161,11 +161,16 @@ def check_weights_match(
         return ArtifactError(f"{where} does not match {config_name} or is damaged ({detail})")
 
     layers = {int(k.split(".")[1]) for k in shapes if k.startswith("blocks.") and k.count(".") > 1}
-    if layers != set(range(config.n_layer)):
+    # the count first: a set of n_layer numbers for `n_layer: 1e12` would take all the memory
+    if len(layers) != config.n_layer or layers != set(range(config.n_layer)):
         raise mismatch(f"the weights hold {len(layers)} layers but the config says "
                        f"n_layer={config.n_layer}")  # fmt: skip
-    with torch.device("meta"):
-        model = Transformer(config)
+    try:
+        with torch.device("meta"):
+            model = Transformer(config)
+    except (RuntimeError, TypeError, ValueError) as e:  # sizes past what torch can describe
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise mismatch(f"sizes no tensor can have: {first[:120]}") from None
     computed = sum(b.numel() for name, b in model.named_buffers() if name not in shapes)
     if computed > MAX_COMPUTED_ELEMENTS:
         raise mismatch(f"context_length={config.context_length} asks for {computed:,} values "
