@@ -191,24 +191,34 @@ def test_resume_true_does_not_follow_a_linked_run_folder(tmp_path, monkeypatch):
 # --- sizes from files are checked against the weights before anything is allocated -----------
 
 _LOAD_UNDER_LIMIT = """
-import resource, sys
+import json, resource, sys
 from tinyllm.artifacts import ArtifactError, load_model
 size = int(open("/proc/self/status").read().split("VmSize:")[1].split()[0]) * 1024
 limit = size + 2 * 2**30  # 2 GB more than the interpreter holds: no big allocation can succeed
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-try:
-    load_model(sys.argv[1])
-except ArtifactError as e:
-    print("refused:", e)
-    sys.exit(2)
-except MemoryError:
-    print("MemoryError: an allocation was attempted")
-    sys.exit(1)
-except RuntimeError as e:
-    print("RuntimeError:", str(e)[:200])
-    sys.exit(1)
-print("loaded")
+results = []  # per path: [exit code a loading program would give, what it says]
+for path in sys.argv[1:]:
+    try:
+        load_model(path)
+        results.append([0, "loaded"])
+    except ArtifactError as e:
+        results.append([2, f"refused: {e}"])
+    except MemoryError:
+        results.append([1, "MemoryError: an allocation was attempted"])
+    except Exception as e:  # a traceback a user would see
+        results.append([1, f"{type(e).__name__}: {str(e)[:200]}"])
+print(json.dumps(results))
 """
+
+
+def load_under_limit(*paths: Path) -> list[tuple[int, str]]:
+    """Load each model in one fresh process whose memory is capped: (code, what it said)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _LOAD_UNDER_LIMIT, *map(str, paths)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return [tuple(r) for r in json.loads(result.stdout)]
 
 
 def _lying_model(tmp_path: Path, positional: str, **lie) -> Path:
@@ -221,25 +231,30 @@ def _lying_model(tmp_path: Path, positional: str, **lie) -> Path:
     return best
 
 
-@pytest.mark.parametrize(
-    ("positional", "lie", "message"),
-    [
-        ("learned", {"n_embd": 60000}, "token_embedding.weight is [10, 16] in the weights"),
-        ("learned", {"n_embd": 20000}, "needs [10, 20000]"),
-        ("rotary", {"context_length": 10**9}, "context_length=1000000000 asks for"),
-        ("sinusoidal", {"n_layer": 10**12}, "the weights hold 2 layers but the config says"),
-        # past what torch can describe (its size computation overflows): still one line
-        ("learned", {"context_length": 2**62}, "sizes no tensor can have"),
-    ],
-)
-def test_oversized_config_is_refused_before_allocating(tmp_path, positional, lie, message):
-    best = _lying_model(tmp_path, positional, **lie)
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_UNDER_LIMIT, str(best)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message in result.stdout
+LIES = [
+    ("learned", {"n_embd": 60000}, "token_embedding.weight is [10, 16] in the weights"),
+    ("learned", {"n_embd": 20000}, "needs [10, 20000]"),
+    ("rotary", {"context_length": 10**9}, "context_length=1000000000 asks for"),
+    ("sinusoidal", {"n_layer": 10**12}, "the weights hold 2 layers but the config says"),
+    # past what torch can describe (its size computation overflows): still one line
+    ("learned", {"context_length": 2**62}, "sizes no tensor can have"),
+]
+
+
+@pytest.fixture(scope="module")
+def lies_loaded(tmp_path_factory) -> list[tuple[int, str]]:
+    """Every lying model of LIES loaded under the memory cap, in one process."""
+    folder = tmp_path_factory.mktemp("lies")
+    paths = [_lying_model(folder / str(i), positional, **lie)
+             for i, (positional, lie, _) in enumerate(LIES)]  # fmt: skip
+    return load_under_limit(*paths)
+
+
+@pytest.mark.parametrize(("index", "message"), [(i, m) for i, (_, _, m) in enumerate(LIES)])
+def test_oversized_config_is_refused_before_allocating(lies_loaded, index, message):
+    code, said = lies_loaded[index]
+    assert code == 2, said
+    assert message in said
 
 
 def test_oversized_checkpoint_config_is_refused(tmp_path, trained_run):
@@ -248,12 +263,9 @@ def test_oversized_checkpoint_config_is_refused(tmp_path, trained_run):
     crafted = tmp_path / "run" / "checkpoints" / "last.ckpt"
     crafted.parent.mkdir(parents=True)
     torch.save(checkpoint, crafted)
-    result = subprocess.run(
-        [sys.executable, "-c", _LOAD_UNDER_LIMIT, str(crafted)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "in the weights but the config (n_embd=60000" in result.stdout
+    ((code, said),) = load_under_limit(crafted)
+    assert code == 2, said
+    assert "in the weights but the config (n_embd=60000" in said
 
 
 def test_chat_refuses_an_oversized_config_with_one_line(tmp_path):
