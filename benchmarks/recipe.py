@@ -114,6 +114,8 @@ FINAL = {
     "batch24": ["training.batch_size=24"],
     # validate and keep best/ with an exponential moving average of the weights (~100 batches)
     "ema0.99": ["training.ema_decay=0.99"],
+    # two thirds of the peak learning rate (Muon's and AdamW's)
+    "lr2e-3": ["training.learning_rate=2e-3"],
 }
 
 # What the recipe was chosen against: full-length runs that each change one thing. The first eight
