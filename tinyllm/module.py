@@ -301,8 +301,8 @@ class LanguageModel(L.LightningModule):
         state = checkpoint.get("state_dict", {})
         has_average = any(key.startswith("ema.") for key in state)
         if self.ema is not None and not has_average:
-            trained = {k.removeprefix("model."): v for k, v in state.items() if k[:6] == "model."}
-            state.update({f"ema.module.{k}": v for k, v in trained.items()})
+            trained = {k: v for k, v in state.items() if k.startswith("model.")}
+            state.update({f"ema.module.{k.removeprefix('model.')}": v for k, v in trained.items()})
             state["ema.n_averaged"] = torch.tensor(0)
         elif self.ema is None and has_average:
             for key in [key for key in state if key.startswith("ema.")]:

@@ -273,7 +273,8 @@ def _compare(
     )
 
 
-Checker = Callable[[LoadedModel, Path], "CheckReport"]
+# what export() runs on the written folder before publishing it
+Checker = Callable[[LoadedModel, Path], CheckReport]
 
 
 def checker(model_path: str | Path, text_file: Path | None = None) -> Checker:

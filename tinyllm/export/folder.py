@@ -7,7 +7,6 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +19,7 @@ from tinyllm.export.card import console_defaults, generation_config, model_card,
 from tinyllm.export.tokenizer_files import tokenizer_files
 
 if TYPE_CHECKING:
-    from tinyllm.export.check import CheckReport
+    from tinyllm.export.check import Checker, CheckReport
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -93,7 +92,7 @@ def export(
     out_dir: str | Path,
     *,
     force: bool = False,
-    check: Callable[[LoadedModel, Path], CheckReport] | None = None,
+    check: Checker | None = None,
 ) -> tuple[LoadedModel, CheckReport | None]:
     """Write the transformers folder for a run folder, best/ folder or .ckpt to `out_dir`.
 
