@@ -7,7 +7,8 @@ Groups, each measured in alternating rounds in one process (training tokens/s, m
   compile     model.compile=false | true (plus the one-off compile time of the first steps)
   optimizer   training.optimizer_impl=auto | foreach | fused | loop (gradient clipping off)
   threads     training.num_threads=1 | 2 (torch.set_num_threads)
-  muon        training.optimizer=adamw | muon | muon with 3 Newton-Schulz steps
+  muon        training.optimizer=adamw | muon (5 Newton-Schulz steps) | muon with 3 (the default)
+  heads       model.n_head=3 (heads of 64, the default) | 6 (heads of 32)
   block       the model's block as GPT-NeoX (layernorm, gelu) | Qwen3 (rmsnorm, swiglu, qk_norm,
               no biases) | Nemotron (layernorm, relu2)
 Every variant starts from the configured default recipe with only that switch changed.
@@ -35,7 +36,7 @@ GROUPS = {
     },
     "muon": {
         "adamw": ["training.optimizer=adamw"],
-        "muon": ["training.optimizer=muon"],
+        "muon": ["training.optimizer=muon", "training.muon_ns_steps=5"],
         "muon, 3 NS steps": ["training.optimizer=muon", "training.muon_ns_steps=3"],
     },
     "block": {
@@ -45,6 +46,7 @@ GROUPS = {
         ],
         "nemotron": ["model.norm=layernorm", "model.mlp=relu2", "model.qk_norm=false"],
     },
+    "heads": {"3 heads of 64": ["model.n_head=3"], "6 heads of 32": ["model.n_head=6"]},
     "threads": {
         f"{n} thread{'s' if n > 1 else ''}": [f"training.num_threads={n}"]
         for n in sorted({1, os.cpu_count() or 1})

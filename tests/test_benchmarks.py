@@ -127,7 +127,7 @@ def test_plot_reads_tensorboard_events(tmp_path):
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("stage", ["proxy", "final", "ablation"])
+@pytest.mark.parametrize("stage", ["proxy", "final", "steps", "ablation"])
 def test_recipe_runs_compose_and_validate(stage, tmp_path):
     """Every run a recipe stage would launch composes and passes the config checks, so a config
     change cannot silently break the reproduction of RESULTS.md."""

@@ -32,17 +32,19 @@ def files(run_dir: Path) -> set[str]:
 @pytest.mark.slow
 def test_ddp_run_and_its_resume_equal_the_uninterrupted_run(tmp_path, corpus_file, trained_run):
     """A real 2-process DDP run on CPU: the single-process run's artifacts, rank zero alone
-    sampling, logging and reporting. Then, stopped at step 10 and resumed, the same weights: under
-    DDP Lightning wraps the training sampler; resuming mid-epoch must still continue each rank's
-    data where it stopped. Dropout on: every rank is seeded alike and draws alike, so the RNG
-    state rank zero saves is every rank's, and the masks continue too."""
+    sampling, logging and reporting. Then, resumed from its step-10 checkpoint, the same weights
+    at step 30: under DDP Lightning wraps the training sampler; resuming mid-epoch must still
+    continue each rank's data where it stopped. Dropout on: every rank is seeded alike and draws
+    alike, so the RNG state rank zero saves is every rank's, and the masks continue too."""
     common = [
         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
         *without(TINY_OVERRIDES, "trainer.max_steps"), "data.train_windows_per_epoch=96",
         "model.dropout=0.1", "training.lr_decay_steps=30", f"data.path={corpus_file}",
     ]  # fmt: skip
     run_dir, split = tmp_path / "ddp", tmp_path / "split"
-    result = run_train(*common, "trainer.max_steps=30", f"hydra.run.dir={run_dir}")
+    # every validation's checkpoint kept (its names all read "best" below): step 10's resumes
+    keep_all = "callbacks.model_checkpoint.save_top_k=-1"
+    result = run_train(*common, keep_all, "trainer.max_steps=30", f"hydra.run.dir={run_dir}")
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "Traceback" not in output
@@ -73,18 +75,17 @@ def test_ddp_run_and_its_resume_equal_the_uninterrupted_run(tmp_path, corpus_fil
     hparams = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     assert b"trainer/world_size" in hparams
 
-    # the same run stopped at step 10, then resumed to 30
-    result = run_train(*common, "trainer.max_steps=10", f"hydra.run.dir={split}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    last = split / "checkpoints" / "last.ckpt"
+    # the same run resumed from its checkpoint of step 10, to 30, in another folder
+    (step10,) = (run_dir / "checkpoints").glob("best-step000010-*.ckpt")
     result = run_train(
-        *common, "trainer.max_steps=30", f"hydra.run.dir={split}", f"ckpt_path={last}"
+        *common, "trainer.max_steps=30", f"hydra.run.dir={split}", f"ckpt_path={step10}"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     # 96 windows / 8 per batch / 2 ranks = 6 batches an epoch: step 10 is batch 4 of epoch 1
     assert (result.stdout + result.stderr).count("resuming the data at batch 4 of epoch 1") == 2
 
-    a, b = load_ckpt(run_dir / "checkpoints" / "last.ckpt"), load_ckpt(last)
+    a = load_ckpt(run_dir / "checkpoints" / "last.ckpt")
+    b = load_ckpt(split / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 30
     for key in a["state_dict"]:  # the same windows in the same order, the same dropout masks
         assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
