@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from tinyllm.model import (
     rotary_tables,
     sample_next_token,
     sample_next_tokens,
+    sinusoidal_encoding,
 )
 
 VOCAB = 23
@@ -85,6 +87,22 @@ def test_tie_weights_shares_the_embedding():
     assert untied.lm_head.weight is not untied.token_embedding.weight
     shared = VOCAB * 16
     assert untied.num_parameters() - tied.num_parameters() == shared
+
+
+def test_position_tables_are_cos_and_sin_rounded_to_float32():
+    """Exact to float32 (the same in every process): torch's float32 cos/sin was off by up to
+    1.5e-4 in a process's first parallel region now and then (tinyllm.model._cos_sin)."""
+    cos, sin = rotary_tables(256, 64)
+    frequency = 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float32) / 64)
+    angles = (torch.arange(256, dtype=torch.float32)[:, None] * frequency).tolist()
+    assert torch.equal(cos, torch.tensor([[math.cos(a) for a in row] for row in angles]))
+    assert torch.equal(sin, torch.tensor([[math.sin(a) for a in row] for row in angles]))
+    table = sinusoidal_encoding(50, 7)  # odd width: one cos column fewer than sin columns
+    assert table.shape == (50, 7)
+    assert table[10, 0] == torch.tensor(math.sin(10.0)).float()  # frequency 1: angle 10
+    assert table[10, 1] == torch.tensor(math.cos(10.0)).float()
+    with torch.device("meta"):  # a size check builds the model without data
+        assert rotary_tables(10**9, 64)[0].shape == (10**9, 32)
 
 
 def test_rotary_attention_depends_only_on_relative_position():
