@@ -94,6 +94,14 @@ PREVIOUS_DEFAULT = changed(
     SCREENED_DEFAULT, "training.weight_decay=0.1", "training.muon_momentum_warmup=0"
 )
 
+# the changes the GPU step screen combined (the first three are today's default)
+LIGHT_DROPOUT, WD_04, NS_3 = (
+    "model.dropout=0.05",
+    "training.weight_decay=0.4",
+    "training.muon_ns_steps=3",
+)
+HEADS_6 = "model.n_head=6"
+
 FINAL = {
     # the default recipe exactly as a user runs it (its 10-minute time budget), two seeds
     "default": [],
@@ -139,17 +147,8 @@ FINAL = {
             "lr2e-3": ["training.learning_rate=2e-3"],
             # the best of the GPU step screen: lighter dropout, stronger weight decay, 3
             # Newton-Schulz iterations (today's default)
-            "d0.05_wd0.4_ns3": [
-                "model.dropout=0.05",
-                "training.weight_decay=0.4",
-                "training.muon_ns_steps=3",
-            ],
-            "d0.05_wd0.4_ns3_seed2": [
-                "model.dropout=0.05",
-                "training.weight_decay=0.4",
-                "training.muon_ns_steps=3",
-                "seed=2",
-            ],
+            "d0.05_wd0.4_ns3": [LIGHT_DROPOUT, WD_04, NS_3],
+            "d0.05_wd0.4_ns3_seed2": [LIGHT_DROPOUT, WD_04, NS_3, "seed=2"],
         }.items()
     },
 }
@@ -169,40 +168,28 @@ STEPS = {
     name: [*STEPS_BASE, *changed(SCREENED_DEFAULT, *overrides)]
     for name, overrides in {
         "control": [],
-        "dropout0.05": ["model.dropout=0.05"],
-        "wd0.4": ["training.weight_decay=0.4"],
+        "dropout0.05": [LIGHT_DROPOUT],
+        "wd0.4": [WD_04],
         "tied": ["model.tie_weights=true"],
         "lr4e-3": ["training.learning_rate=4e-3"],
         "beta2_0.95": ["training.betas=[0.9,0.95]"],
-        "heads6": ["model.n_head=6"],
+        "heads6": [HEADS_6],
         "noclip": ["training.gradient_clip=0"],
         # second round: the near-winners combined, stronger, and a few more
         "wd0.6": ["training.weight_decay=0.6"],
-        "dropout0.05_wd0.4": ["model.dropout=0.05", "training.weight_decay=0.4"],
-        "heads6_wd0.4": ["model.n_head=6", "training.weight_decay=0.4"],
-        "heads6_dropout0.05_wd0.4": [
-            "model.n_head=6",
-            "model.dropout=0.05",
-            "training.weight_decay=0.4",
-        ],
+        "dropout0.05_wd0.4": [LIGHT_DROPOUT, WD_04],
+        "heads6_wd0.4": [HEADS_6, WD_04],
+        "heads6_dropout0.05_wd0.4": [HEADS_6, LIGHT_DROPOUT, WD_04],
         "muon_lr1.5": ["training.muon_lr_scale=1.5"],
         "warmup50": ["training.warmup_steps=50"],
-        "ns3": ["training.muon_ns_steps=3"],
+        "ns3": [NS_3],
         "dropout0.15": ["model.dropout=0.15"],
         # third round: around the two best of the second
         "wd0.3": ["training.weight_decay=0.3"],
-        "heads6_wd0.3": ["model.n_head=6", "training.weight_decay=0.3"],
-        "wd0.4_ns3": ["training.weight_decay=0.4", "training.muon_ns_steps=3"],
-        "heads6_wd0.4_ns3": [
-            "model.n_head=6",
-            "training.weight_decay=0.4",
-            "training.muon_ns_steps=3",
-        ],
-        "dropout0.05_wd0.4_ns3": [
-            "model.dropout=0.05",
-            "training.weight_decay=0.4",
-            "training.muon_ns_steps=3",
-        ],
+        "heads6_wd0.3": [HEADS_6, "training.weight_decay=0.3"],
+        "wd0.4_ns3": [WD_04, NS_3],
+        "heads6_wd0.4_ns3": [HEADS_6, WD_04, NS_3],
+        "dropout0.05_wd0.4_ns3": [LIGHT_DROPOUT, WD_04, NS_3],
     }.items()
 }
 
