@@ -317,8 +317,9 @@ def _cos_sin(angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     model's tables, and its outputs, differed from one process to the next."""
     if angle.is_meta:  # a size check builds the model without data (tinyllm.artifacts)
         return torch.empty_like(angle), torch.empty_like(angle)
-    exact = angle.double().numpy()
-    return torch.from_numpy(np.cos(exact)).float(), torch.from_numpy(np.sin(exact)).float()
+    exact = angle.double().cpu().numpy()
+    cos, sin = (torch.from_numpy(f(exact)).float().to(angle.device) for f in (np.cos, np.sin))
+    return cos, sin
 
 
 def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
