@@ -18,6 +18,8 @@ previous round's stages, kept to reproduce its table. Each multirun's folder lan
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -249,14 +251,45 @@ def score(runs: Path) -> None:
         subprocess.call([*command, str(best.parent / "eval.json")], cwd=ROOT)
 
 
+def screen_table(out: Path) -> str:
+    """The step screen's whole-split losses under `out` (one `seed<N>/` folder per seed, as
+    benchmarks/step_screen.sh writes them), with each run's mean difference from the control
+    over the seeds both have."""
+    from tinyllm.sweep import markdown_table
+
+    losses: dict[str, dict[str, float]] = {}
+    seeds = sorted((p.name.removeprefix("seed") for p in out.glob("seed*")), key=int)
+    for seed in seeds:
+        for scored in sorted((out / f"seed{seed}" / "steps").glob("*/*/eval.json")):
+            name = scored.parent.parent.name
+            losses.setdefault(name, {})[seed] = json.loads(scored.read_text())["loss"]
+    control = losses.get("control", {})
+    rows = []
+    for name, by_seed in losses.items():
+        paired = [by_seed[s] - control[s] for s in by_seed if s in control]
+        rows.append(
+            [name, *(f"{by_seed[s]:.4f}" if s in by_seed else "-" for s in seeds),
+             f"{statistics.mean(by_seed.values()):.4f}",
+             f"{statistics.mean(paired):+.4f}" if paired else ""]
+        )  # fmt: skip
+    header = ["run", *(f"seed {s}" for s in seeds), "mean", "against control"]
+    return markdown_table(header, rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", required=True, help="e.g. ../shared/data/tinyshakespeare.txt")
+    parser.add_argument("--corpus", help="e.g. ../shared/data/tinyshakespeare.txt")
+    parser.add_argument("--table", metavar="DIR", help="print the step screen's table of DIR")
     parser.add_argument("--stage", choices=sorted(STAGES), default="screen")
     parser.add_argument("--only", nargs="*", help="run only these names of the stage")
     parser.add_argument("--out", default="outputs/bench", help="folder for the runs")
     parser.add_argument("extra", nargs="*", help="more Hydra overrides for every run")
     args = parser.parse_args(argv)
+    if args.table:
+        print(screen_table(Path(args.table)))
+        return
+    if not args.corpus:
+        parser.error("--corpus is required to train")
     corpus = str(Path(args.corpus).resolve())
     out = (ROOT / args.out / args.stage).resolve()
     for name, overrides in STAGES[args.stage].items():

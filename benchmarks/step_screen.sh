@@ -19,21 +19,4 @@ for seed in $SEEDS; do
   done
 done
 wait
-$PY - "$OUT" $SEEDS <<'PY'
-import json, sys
-from pathlib import Path
-out, seeds = Path(sys.argv[1]), sys.argv[2:]
-rows = {}
-for seed in seeds:
-    for scored in sorted((out / f"seed{seed}" / "steps").glob("*/*/eval.json")):
-        rows.setdefault(scored.parent.parent.name, {})[seed] = json.loads(scored.read_text())["loss"]
-control = rows.get("control", {})
-print("| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean | against control |")
-print("|---|" + "---|" * (len(seeds) + 2))
-for name, losses in rows.items():
-    mean = sum(losses.values()) / len(losses)
-    paired = [losses[s] - control[s] for s in seeds if s in losses and s in control]
-    delta = f"{sum(paired) / len(paired):+.4f}" if paired else ""
-    cells = " | ".join(f"{losses[s]:.4f}" if s in losses else "-" for s in seeds)
-    print(f"| {name} | {cells} | {mean:.4f} | {delta} |")
-PY
+$PY -m benchmarks.recipe --table "$OUT"

@@ -148,3 +148,17 @@ def test_recipe_runs_compose_and_validate(stage, tmp_path):
             key = override.key_or_group
             if key != "experiment":  # each value reaches the config (no experiment masks it)
                 assert OmegaConf.select(cfg, key) == override.value(), (name, key)
+
+
+def test_step_screen_table_pairs_each_run_with_the_control_of_its_seeds(tmp_path):
+    from benchmarks.recipe import screen_table
+
+    losses = {("control", "2"): 1.5, ("control", "1337"): 1.4, ("wd", "1337"): 1.3}
+    for (name, seed), loss in losses.items():
+        run = tmp_path / f"seed{seed}" / "steps" / name / "0"
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps({"loss": loss}))
+    lines = screen_table(tmp_path).splitlines()
+    assert lines[0] == "| run | seed 2 | seed 1337 | mean | against control |"
+    assert "| control | 1.5000 | 1.4000 | 1.4500 | +0.0000 |" in lines
+    assert "| wd | - | 1.3000 | 1.3000 | -0.1000 |" in lines  # paired on seed 1337 only

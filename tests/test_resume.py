@@ -149,7 +149,7 @@ def _scalar_steps(event_file: Path, tag: str) -> list[int]:
 def test_sigkill_then_resume_true(tmp_path, corpus_file):
     """Also: the run lives under TINYLLM_OUTPUTS; resume=true finds it there through
     paths.log_dir, and chat.py --outputs too (tinyllm/runs.py: one configured place)."""
-    steps = 80
+    steps = 150
     scratch = tmp_path / "scratch"
     overrides = [*without(TINY_OVERRIDES, "trainer.max_steps"), f"trainer.max_steps={steps}",
                  f"data.path={corpus_file}"]  # fmt: skip

@@ -171,7 +171,7 @@ class LanguageModel(L.LightningModule):
     def _loss(self, batch: tuple[torch.Tensor, torch.Tensor], averaged: bool = False):
         inputs, targets = batch
         if averaged and self.ema is not None:
-            logits = self.ema.module(inputs)
+            logits = self.evaluated_model(inputs)
         else:
             logits = self._compiled(inputs) if self._compiled_forward else self.model(inputs)
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
