@@ -270,6 +270,16 @@ def test_bad_chat_messages_get_400(client, messages, param):
     assert error.value.body["param"] == param
 
 
+def test_null_means_the_default_as_in_openai(server):
+    """OpenAI's API takes null for n and stream (1, false); 0 completion tokens is no default."""
+    url = server[0] + "/v1/chat/completions"
+    body = {"model": MODEL_ID, "messages": [{"role": "user", "content": "Ay"}], "max_tokens": 3}
+    reply = httpx.post(url, json=body | {"n": None, "stream": None}, timeout=30)
+    assert reply.status_code == 200 and len(reply.json()["choices"]) == 1
+    refused = httpx.post(url, json=body | {"max_completion_tokens": 0}, timeout=30)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
+
+
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as error:
         client.completions.create(model="gpt-9", prompt="a", max_tokens=2)
@@ -296,6 +306,7 @@ def test_unknown_characters_are_dropped_and_named(client):
         (json.dumps({"prompt": "a"}).encode(), 400, "model"),
         (json.dumps({"model": MODEL_ID, "prompt": "a" * 30_000}).encode(), 413, "bytes"),
         (json.dumps({"model": MODEL_ID, "messages": []}).encode(), 400, "prompt"),
+        (b'{"model": "tiny-test", "prompt": "ROMEO\\ud800:"}', 400, "lone surrogate"),
     ],
 )  # fmt: skip
 def test_malformed_bodies_get_an_openai_error_object(server, body, status, fragment):
@@ -304,6 +315,18 @@ def test_malformed_bodies_get_an_openai_error_object(server, body, status, fragm
     assert response.status_code == status
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and fragment in error["message"]
+
+
+def test_a_client_gone_before_its_whole_body_is_no_error(server):
+    base, _, _, errors = server
+    errors.records.clear()
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as raw:
+        raw.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        time.sleep(0.2)
+    time.sleep(0.3)
+    assert [r.getMessage() for r in errors.records] == []
+    assert httpx.get(base + "/health").json()["status"] == "ok"
 
 
 def test_a_chunked_body_over_the_limit_is_413(server):
@@ -453,6 +476,14 @@ def test_a_full_queue_answers_429_and_the_server_goes_on(server):
                 third = http.post("/v1/completions", json=body | {"stream": False})
                 assert third.status_code == 429
                 assert third.json()["error"]["code"] == "server_busy"
+            # the waiting client gave up: its place in the queue is free again at once
+            deadline = time.monotonic() + 10
+            while (health := http.get("/health").json())["waiting"]:
+                assert time.monotonic() < deadline, f"a gone client still waits: {health}"
+                time.sleep(0.02)
+            assert health["active"] == 1
+            with http.stream("POST", "/v1/completions", json=body) as fourth:
+                assert fourth.status_code == 200
         assert wait_idle(base)["status"] == "ok"
         reply = http.post("/v1/completions", json={"model": MODEL_ID, "prompt": "Ay",
                                                    "max_tokens": 4})  # fmt: skip

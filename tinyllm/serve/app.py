@@ -34,7 +34,7 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tinyllm.artifacts import LoadedModel
@@ -104,9 +104,14 @@ class _Body(BaseModel):
     top_k: int | None = None  # not OpenAI's: `extra_body={"top_k": ...}` (as vLLM)
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = 1
-    stream: bool = False
+    n: int | None = 1  # null is the default, as OpenAI's API takes it
+    stream: bool | None = False
     stream_options: dict | None = None
+
+    @field_validator("n", "stream")
+    @classmethod
+    def _null_is_the_default(cls, value, info):
+        return cls.model_fields[info.field_name].default if value is None else value
 
 
 class CompletionBody(_Body):
@@ -168,8 +173,8 @@ class _BodyLimit:
         chunks, size, more = [], 0, True
         while more and not too_big:
             message = await receive()
-            if message["type"] != "http.request":
-                return await self.app(scope, _replay([message], receive), send)
+            if message["type"] != "http.request":  # the client went away: nobody to answer
+                return
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
@@ -264,6 +269,11 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
                            None, "invalid_json") from None  # fmt: skip
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", None, "invalid_json")
+        try:  # JSON's \ud800 escapes decode to lone surrogates, which no text can hold
+            json.dumps(data, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            raise APIError(400, "the body holds a lone surrogate (an unpaired \\ud800-\\udfff "
+                           "escape): send valid Unicode text", None, "invalid_json") from None
         try:
             body = kind.model_validate(data)
         except ValidationError as e:
@@ -470,7 +480,9 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         body = await parse(request, ChatBody)
         if not body.messages:
             raise APIError(400, "messages must hold at least one message", "messages")
-        max_tokens = body.max_completion_tokens or body.max_tokens
+        max_tokens = body.max_completion_tokens
+        if max_tokens is None:
+            max_tokens = body.max_tokens
         stop = body.stop if body.stop is not None else CHAT_STOP
         settings = settings_of(body, max_tokens, stop)
         ids, dropped, chars = encode(render_chat(body.messages), "messages")

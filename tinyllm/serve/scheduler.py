@@ -192,9 +192,12 @@ class Scheduler:
         return job
 
     def cancel(self, job: Job) -> None:
-        """Stop generating for `job`; its slot is freed before the next step."""
+        """Stop generating for `job`: a waiting job leaves the queue now (it no longer counts
+        towards the queue's limit), a running one frees its slot before the next step."""
         job.cancelled = True
         with self._wake:
+            if job in self._waiting:
+                self._waiting.remove(job)
             self._wake.notify()
 
     # --- the decode thread ---

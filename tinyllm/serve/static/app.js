@@ -39,6 +39,7 @@ async function loadModel() {
   $("model-loss").textContent = card.val_loss == null ? "n/a" : card.val_loss.toFixed(4);
   $("model-context").textContent = card.context_length;
   document.title = "tinyllm · " + card.id;
+  setStatus("");  // a refusal shown before (e.g. a wrong API key) no longer holds
 }
 
 function numberOf(id) {
