@@ -273,7 +273,8 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             json.dumps(data, ensure_ascii=False).encode()
         except UnicodeEncodeError:
             raise APIError(400, "the body holds a lone surrogate (an unpaired \\ud800-\\udfff "
-                           "escape): send valid Unicode text", None, "invalid_json") from None
+                           "escape): send valid Unicode text", None,
+                           "invalid_json") from None  # fmt: skip
         try:
             body = kind.model_validate(data)
         except ValidationError as e:
