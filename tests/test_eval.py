@@ -62,6 +62,22 @@ def test_any_text_file_and_checkpoints(trained_run, corpus_file, capsys):
     assert val.characters + train.characters == report["characters"]
 
 
+def test_a_byte_model_is_scored_per_byte(tmp_path, capsys):
+    from tinyllm.artifacts import save_artifacts
+    from tinyllm.tokenizer import ByteTokenizer
+
+    config = ModelConfig(vocab_size=256, context_length=16, n_layer=1, n_head=2, n_embd=16)
+    best = save_artifacts(tmp_path / "best", Transformer(config), ByteTokenizer(), {})
+    text = tmp_path / "t.txt"
+    text.write_text("é" * 20, encoding="utf-8")
+    assert main([str(best), f"data.path={text}", f"data.cache_dir={tmp_path}"]) == 0
+    stdout = capsys.readouterr().out
+    for label in ("bytes", "40 in", "loss (nats/byte)", "bits per byte"):
+        assert label in stdout, label
+    assert "character" not in stdout
+    assert evaluate(best, [f"data.path={text}", "data.cache_dir=null"]).unit == "byte"
+
+
 def test_unknown_characters_are_named_or_skipped(trained_run, tmp_path, capsys):
     text = tmp_path / "other.txt"
     text.write_text("ROMEO:\nThe king ßays ünto thee.\n" * 5, encoding="utf-8")

@@ -6,6 +6,8 @@ exit code 2, nothing written."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -175,6 +177,40 @@ def test_byte_tokenizer_model_exports_with_the_same_ids(tmp_path):
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert ids == list(text.encode("utf-8"))  # the byte values are the ids
     assert tok.decode(ids) == text
+
+
+def test_the_card_of_a_byte_model_speaks_of_bytes(tmp_path):
+    config = ModelConfig(vocab_size=256, context_length=16, n_layer=1, n_head=2, n_embd=32,
+                         positional="rotary")  # fmt: skip
+    best = save_artifacts(tmp_path / "best", Transformer(config), ByteTokenizer(),
+                          {"val_loss": 2.0})  # fmt: skip
+    export(best, tmp_path / "hf")
+    card = (tmp_path / "hf" / "README.md").read_text()
+    for fact in ("Every UTF-8 byte is one token", "| context | 16 bytes |",
+                 "| vocabulary | 256 byte values |", "nats per byte", "bits per byte",
+                 "any text can be encoded"):  # fmt: skip
+        assert fact in card, fact
+    assert "character" not in card.replace("character-level", "")
+
+
+def test_the_cards_snippet_runs_for_any_vocabulary_and_context(tmp_path):
+    """The card's Use code, run as printed, on a model whose vocabulary has none of ROMEO: and
+    whose context (12) is shorter than the prompt plus the console's length."""
+    tokenizer = CharacterTokenizer().fit("xyz abc\n")
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=12, n_layer=1,
+                         n_head=2, n_embd=16, positional="learned")  # fmt: skip
+    metadata = {"console": {"temperature": 0.0, "top_k": 0, "max_tokens": 500}}
+    best = save_artifacts(tmp_path / "best", Transformer(config), tokenizer, metadata)
+    out = tmp_path / "hf"
+    export(best, out)
+    card = (out / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert "ROMEO" not in snippet
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet.replace("PATH_TO_THIS_FOLDER", str(out)), {})  # the README's use, as is
+    assert 1 < len(printed.getvalue().strip()) <= 12
 
 
 def test_the_check_names_the_first_layer_that_diverges(tmp_path):
@@ -393,6 +429,20 @@ def test_a_non_empty_out_dir_needs_force(tmp_path, best, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main([str(best), str(empty)]) == 0  # an empty folder is fine without --force
+
+
+def test_the_current_folder_is_refused_and_a_relative_out_dir_works(
+    tmp_path, best, capsys, monkeypatch
+):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for argv in ([str(best), "."], [str(best), ".", "--force"], [str(best), "..", "--force"]):
+        _refused(capsys, argv, "is the current folder or holds it")
+    assert list(here.iterdir()) == [] and _leftovers(tmp_path) == []
+    assert main([str(best), "hf"]) == 0
+    assert {p.name for p in (here / "hf").iterdir()} == EXPORTED_FILES
+    assert _leftovers(here) == []
 
 
 def test_force_never_replaces_the_model_being_exported(tmp_path, best, capsys):

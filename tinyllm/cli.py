@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -205,6 +206,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
         with initialize_config_module("tinyllm.configs", version_base="1.3"):
             cfg = compose("train", overrides=args.overrides)
         datamodule = instantiate(cfg.data)
+        _check_cache_dir(datamodule.cache_dir)  # before reading a corpus that may be huge
         with _progress_bar(enabled=not args.quiet) as progress:
             datamodule.progress = progress
             prepared = datamodule.prepare()
@@ -224,6 +226,24 @@ def prepare_main(argv: list[str] | None = None) -> int:
         f"{prepared.tokenizer.vocab_size} ({datamodule.tokenizer_kind}), in {prepared.folder}"
     )
     return 0
+
+
+def _check_cache_dir(cache_dir: Path | None) -> None:
+    """tinyllm-prepare exists to write the token cache: refuse a folder it cannot write."""
+    if cache_dir is None:
+        raise CorpusError(
+            "data.cache_dir=null prepares in memory at every run, so there is nothing to "
+            "prepare ahead: set paths.data_dir (or data.cache_dir) to a folder"
+        )
+    try:
+        folder = Path(cache_dir) / "prepared"
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise CorpusError(
+            f"cannot write the token cache under {cache_dir} ({e.strerror or e}): set "
+            "paths.data_dir (or data.cache_dir) to a writable folder"
+        ) from None
 
 
 class _progress_bar:

@@ -70,6 +70,7 @@ class EvalResult:
     bpc: float
     perplexity: float
     skipped_characters: int = 0
+    unit: str = "character"  # what a token is: character, or byte (data.tokenizer=bytes)
 
 
 # --- the config ----------------------------------------------------------------------------------
@@ -269,6 +270,7 @@ def evaluate_config(cfg: DictConfig) -> EvalResult:
         bpc=loss / math.log(2),
         perplexity=math.exp(loss),
         skipped_characters=skipped,
+        unit=loaded.tokenizer.unit,
     )
 
 
@@ -318,11 +320,12 @@ def print_table(result: EvalResult) -> None:
     table.add_row("model", result.model)
     table.add_row("data", result.data)
     table.add_row("split", result.split)
-    table.add_row("characters", f"{result.characters:,} in {result.windows:,} windows")
+    unit = result.unit
+    table.add_row(f"{unit}s", f"{result.characters:,} in {result.windows:,} windows")
     if result.skipped_characters:
         table.add_row("skipped (unknown)", f"{result.skipped_characters:,}")
-    table.add_row("loss (nats/char)", f"{result.loss:.4f}")
-    table.add_row("bits per character", f"{result.bpc:.4f}")
+    table.add_row(f"loss (nats/{unit[:4]})", f"{result.loss:.4f}")
+    table.add_row(f"bits per {unit}", f"{result.bpc:.4f}")
     table.add_row("perplexity", f"{result.perplexity:.3f}")
     rich.print(table)
 

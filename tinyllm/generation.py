@@ -164,8 +164,6 @@ def stream_text(
             for token in tokens:
                 if piece := text.push(token):
                     yield piece
-            if tail := text.flush():
-                yield tail
             return
         stops = StopFilter(settings.stops)
         for token in tokens:
@@ -174,9 +172,7 @@ def stream_text(
                 yield piece
             if stops.stopped:
                 return
-        piece = stops.push(text.flush())
-        piece += stops.flush()
-        if piece:
+        if piece := stops.flush():
             yield piece
 
 
@@ -190,16 +186,14 @@ def seeded_generator(model: Transformer, seed: int) -> torch.Generator:
 class Detokenizer:
     """Token ids to text for one sequence: the one place generated ids become text. A byte
     tokenizer's character may span tokens: its decoder holds bytes until the character is whole,
-    so a push can give no text; `flush` gives what is left when the sequence ends."""
+    so a push can give no text, and a character the sequence ends inside of (the length limit
+    cut it) is dropped, as when the reader stops it, rather than shown as U+FFFD."""
 
     def __init__(self, tokenizer: CharacterTokenizer):
         self.decoder = tokenizer.incremental_decoder()
 
     def push(self, token: int) -> str:
         return self.decoder.decode([token])
-
-    def flush(self) -> str:
-        return self.decoder.decode([], final=True)
 
 
 class StopFilter:

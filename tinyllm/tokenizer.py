@@ -57,6 +57,7 @@ class CharacterDecoder:
 
 class CharacterTokenizer:
     kind = "chars"
+    unit = "character"  # what one token is, as reports name it
 
     def __init__(self, vocab: Iterable[str] = ()):
         self._set_vocab(list(vocab))
@@ -161,6 +162,7 @@ class ByteTokenizer:
     """The 256 byte values of UTF-8 as the vocabulary: any text is encodable."""
 
     kind = "bytes"
+    unit = "byte"
     vocab_size = 256
 
     def fit(self, text: str) -> ByteTokenizer:

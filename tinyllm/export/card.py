@@ -75,6 +75,24 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
     bpc = meta.get("val_bpc")
     if bpc is None and isinstance(val_loss, (int, float)):
         bpc = val_loss / math.log(2)
+    tokenizer, context = loaded.tokenizer, config.context_length
+    unit = tokenizer.unit  # character, or byte (data.tokenizer=bytes)
+    if tokenizer.kind == "bytes":
+        tokens = "Every UTF-8 byte is one token; the model continues text byte by byte."
+        vocabulary = "Vocabulary: the 256 byte values of UTF-8, so any text can be encoded."
+        unknown = ""
+    else:
+        tokens = "Every character is one token; the model continues text character by character."
+        listed = json.dumps("".join(tokenizer.vocab), ensure_ascii=False)
+        vocabulary = f"Vocabulary (in id order): `{listed}`"
+        unknown = " Characters outside the vocabulary cannot be encoded."
+    # the snippet must run as printed: a prompt the vocabulary holds, within the context
+    prompt = "ROMEO:"
+    if tokenizer.unknown_characters(prompt):
+        prompt = next((c for c in tokenizer.vocab if c.isalpha()), tokenizer.vocab[0])
+    new_tokens = max(
+        1, min(max_new_tokens(console, context), context - len(tokenizer.encode(prompt)))
+    )
     training = run_config.get("training") or {}
     trainer = run_config.get("trainer") or {}
     trained = [f"- optimizer steps: {meta['step']}"] if meta.get("step") is not None else []
@@ -82,7 +100,7 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
         trained += [
             f"- optimizer: {training.get('optimizer', 'adam')}, peak learning rate "
             f"{training.get('learning_rate')}, {training.get('batch_size')} windows of "
-            f"{config.context_length} characters per step",
+            f"{context} {unit}s per step",
             f"- precision: {trainer.get('precision', 'not recorded')}",
         ]
     trained = trained or ["- not recorded with the model (no run config.yaml next to it)"]
@@ -94,40 +112,39 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
     block = f"pre-norm {CARD_NORMS[config.norm]}, {CARD_MLPS[config.mlp]} MLP" + (
         ", RMSNorm on each head's queries and keys" if config.qk_norm else ""
     )
-    vocab = "".join(getattr(loaded.tokenizer, "vocab", []))
     return f"""---
 library_name: transformers
 pipeline_tag: text-generation
 tags:
 - tinyllm
-- character-level
+- {unit}-level
 ---
 
 # tinyllm character-level language model
 
-A small character-level transformer trained with tinyllm and exported to the stock
+A small {unit}-level transformer trained with tinyllm and exported to the stock
 `transformers` class `{architecture(config)}` (no remote code).
-Every character is one token; the model continues text character by character.
+{tokens}
 
 | | |
 |---|---|
 | architecture | `{architecture(config)}`: {positions} |
 | block | {block} |
 | layers / heads / width | {config.n_layer} / {config.n_head} / {config.n_embd} |
-| context | {config.context_length} characters |
+| context | {context} {unit}s |
 | parameters | {params:,} |
-| vocabulary | {config.vocab_size} characters |
+| vocabulary | {config.vocab_size} {"byte values" if unit == "byte" else "characters"} |
 | output head | {"tied to the token embedding" if config.tie_weights else "its own matrix"} |
 
 ## Data
 
 {meta.get("data_source") or "unknown (not recorded with the model)"}
 
-Vocabulary (in id order): `{json.dumps(vocab, ensure_ascii=False)}`
+{vocabulary}
 
 ## Results
 
-Validation loss {_number(val_loss)} nats per character ({_number(bpc)} bits per character),
+Validation loss {_number(val_loss)} nats per {unit} ({_number(bpc)} bits per {unit}),
 measured by the training run on its held-out split.
 
 ## Training
@@ -141,14 +158,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")
 tok = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
-ids = tok("ROMEO:", return_tensors="pt").input_ids
-print(tok.decode(model.generate(ids, max_new_tokens=200)[0]))
+ids = tok({json.dumps(prompt, ensure_ascii=False)}, return_tensors="pt").input_ids
+print(tok.decode(model.generate(ids, max_new_tokens={new_tokens})[0]))
 ```
 
 `generation_config.json` holds the run's chat defaults: temperature {console["temperature"]},
 top-k {console["top_k"]} (0 = off) and {max_new_tokens(console, config.context_length)} new
 tokens (the run's console wrote {console["max_tokens"]}; at most half the context here). The
-model saw at most {config.context_length} characters at a time: keep prompt plus continuation
-within that (tinyllm's own generation slides a window; `generate` does not). Characters outside the
-vocabulary cannot be encoded.
+model saw at most {context} {unit}s at a time: keep prompt plus continuation
+within that (tinyllm's own generation slides a window; `generate` does not).{unknown}
 """

@@ -54,6 +54,11 @@ def prepare_destination(out_dir: Path, source: Path | None, force: bool) -> None
     """Refuse an OUT_DIR that holds something (unless --force) or would destroy the source."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder: choose another OUT_DIR")
+    if _inside(Path.cwd().resolve(), out_dir.resolve()):
+        raise ExportError(
+            f"{out_dir} is the current folder or holds it: the export replaces OUT_DIR as a "
+            "whole, so name a new folder (e.g. OUT_DIR=exported)"
+        )
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not force:
             raise ExportError(
@@ -77,14 +82,16 @@ def publish(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
         return
     old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-    os.replace(out_dir, old / out_dir.name)
     try:
-        os.replace(tmp, out_dir)
-    except BaseException:
-        os.replace(old / out_dir.name, out_dir)  # put the old folder back
-        raise
+        os.replace(out_dir, old / out_dir.name)
+        try:
+            os.replace(tmp, out_dir)
+        except BaseException:
+            os.replace(old / out_dir.name, out_dir)  # put the old folder back
+            raise
     finally:
-        shutil.rmtree(old, ignore_errors=True)
+        if out_dir.exists():  # the new folder, or the old one back: `old` holds nothing needed
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def export(
@@ -99,7 +106,9 @@ def export(
     `check`, if given, runs on the finished temporary folder before it is published: a failed
     check leaves `out_dir` as it was. Raises ExportError (or ArtifactError) for bad input.
     """
-    model_path, out_dir = Path(model_path).expanduser(), Path(out_dir).expanduser()
+    # absolute: "." has no name or parent of its own to put the temporary folder beside
+    model_path = Path(model_path).expanduser()
+    out_dir = Path(os.path.abspath(Path(out_dir).expanduser()))
     loaded = load_model(model_path)
     refuse_unmapped(loaded.model.config)
     prepare_destination(out_dir, loaded.path, force)

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ExportError, ArtifactError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the temporary folder is already removed
+        print(f"interrupted: {args.out_dir} was not written", file=sys.stderr)
+        return 130
     name = architecture(loaded.model.config)
     if report is not None:
         print(report.summary())

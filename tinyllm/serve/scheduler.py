@@ -256,7 +256,6 @@ class Scheduler:
                 finish = "stop"
             elif row.produced >= job.settings.max_tokens:
                 finish = "length"
-                piece += job.stops.push(job.text.flush())  # a byte model's held-back bytes
                 piece += job.stops.flush()
             if piece:
                 job.characters += len(piece)
