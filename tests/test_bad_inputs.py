@@ -83,6 +83,18 @@ TRAIN_CASES = [
     # a crafted checkpoint (code in its pickle) is refused before it runs: test_unsafe_checkpoint
     ("resume from an unsafe checkpoint", ["resume={tmp}/evil_run"], 2,
      "checkpoint {tmp}/evil_run/checkpoints/last.ckpt cannot be loaded safely"),
+    # a run's folder is its own: a new run there would mix its checkpoints with the old ones
+    ("a run's folder for a new run", ["hydra.run.dir={tmp}/old_run"], 2,
+     "{tmp}/old_run already holds a run (checkpoints/last.ckpt): continue it with resume="),
+    # continuing a run with another model or corpus: one line, before anything is rewritten
+    ("another model from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
+     "model.n_embd=48"], 2, "model.n_embd=48, but checkpoint {tmp}/done/checkpoints/last.ckpt "
+     "was trained with 32"),
+    ("another corpus from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
+     "data.path={tmp}/other.txt"], 2, "the corpus's vocabulary (28 characters) is not the one"),
+    # a refused resume leaves the run's saved overrides alone: test_a_refused_resume_...
+    ("resume with a bad value", ["resume={tmp}/done", "training.batch_size=0"], 2,
+     "training.batch_size must be >= 1"),
     # a loss that stops being a number (tinyllm/callbacks/fault_guard.py)
     ("absurd learning rate", ["training.learning_rate=1e6"], 1,
      "lower training.learning_rate (now 1000000.0)"),
@@ -90,18 +102,25 @@ TRAIN_CASES = [
 
 
 @pytest.fixture(scope="module")
-def train_results(tmp_path_factory, corpus_file):
+def train_results(tmp_path_factory, corpus_file, trained_run):
     tmp = tmp_path_factory.mktemp("bad")
     for name, data in CORPORA.items():
         (tmp / name).write_bytes(data)
+    (tmp / "other.txt").write_text("the quick brown fox jumps over a lazy dog\n" * 40)
     write_unsafe_checkpoint(tmp / "evil_run" / "checkpoints" / "last.ckpt", tmp / "pwned")
+    (tmp / "old_run" / "checkpoints").mkdir(parents=True)
+    (tmp / "old_run" / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's")
+    shutil.copytree(trained_run, tmp / "done")  # a finished run of our own to continue
     runs = []
     for i, (_, overrides, *_) in enumerate(TRAIN_CASES):
         given = [o.format(tmp=tmp) for o in overrides]
         path = (
             [] if any(o.startswith("data.path=") for o in given) else [f"data.path={corpus_file}"]
         )
-        runs.append([*TINY_OVERRIDES, *path, f"hydra.run.dir={tmp}/run{i}", *given])
+        # a resumed run keeps its folder (the case's own, or the one it resumes)
+        own = any(o.startswith(("hydra.run.dir=", "resume=")) for o in given)
+        run_dir = [] if own and "evil" not in str(given) else [f"hydra.run.dir={tmp}/run{i}"]
+        runs.append([*TINY_OVERRIDES, *path, *run_dir, *given])
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, str(ROOT)], input=json.dumps(runs), capture_output=True,
         text=True, timeout=300, cwd=tmp,
@@ -133,6 +152,17 @@ def test_bad_training_input(train_results, index, case):
     # nothing a later run would take for a model or a run to resume
     run = tmp / f"run{index}"
     assert not (run / "checkpoints").exists() and not (run / "best").exists()
+
+
+def test_a_refused_resume_leaves_the_run_as_it_was(train_results, trained_run):
+    """Hydra rewrites the resumed run's .hydra/ before train() refuses the bad value: it is put
+    back, so a later plain `resume=` does not replay the refused override."""
+    tmp, _ = train_results
+    for name in (".hydra/overrides.yaml", ".hydra/config.yaml", "config.yaml", "tokenizer.json"):
+        assert (tmp / "done" / name).read_bytes() == (trained_run / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp / "done" / "checkpoints").iterdir()) == sorted(
+        p.name for p in (trained_run / "checkpoints").iterdir()
+    )
 
 
 def test_too_short_corpus_says_how_much_is_needed(train_results):

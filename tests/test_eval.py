@@ -99,6 +99,10 @@ def test_data_overrides_and_errors(trained_run, tmp_path, capsys):
     assert "only data.KEY=VALUE" in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    for device in ("tpu", "cuda" if not torch.cuda.is_available() else "mps:7"):
+        assert main([str(trained_run), "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert f"device '{device}' is not available here" in err and err.count("\n") == 1
     bare = tmp_path / "bare"  # artifacts copied without their run: the text must be given
     bare.mkdir()
     for path in (trained_run / "best").iterdir():

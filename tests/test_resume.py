@@ -135,6 +135,21 @@ def test_resume_argv(tmp_path, monkeypatch):
     assert new.is_dir()
 
 
+def test_resume_argv_keeps_deletions_once_and_the_runs_precision(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = _fake_run(tmp_path, "r", ["model=tiny", "~callbacks.sample_text"], age=0)
+    # the precision the run trained with: `auto` would measure the machine again
+    (run / "config.yaml").write_text("trainer:\n  precision: bf16-mixed\n")
+    argv = resolve_resume_argv(["train.py", "~callbacks.sample_text", "resume=true"])
+    rel = Path("outputs/runs/r")
+    assert argv == [
+        "train.py", "model=tiny", "trainer.precision=bf16-mixed", "~callbacks.sample_text",
+        f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}",
+    ]  # fmt: skip
+    argv = resolve_resume_argv(["train.py", "trainer.precision=32-true", "resume=true"])
+    assert [a for a in argv if "precision" in a] == ["trainer.precision=32-true"]
+
+
 # `train.py resume=true` with no run to resume: tests/test_bad_inputs.py ("resume without a run")
 
 

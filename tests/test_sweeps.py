@@ -131,7 +131,9 @@ def test_failed_and_nan_jobs_go_last_and_do_not_break_the_summary(tmp_path, caps
     assert [r["job"] for r in rows] == ["4", "1", "0", "2", "3"]
     assert [r["val/loss"] for r in rows] == ["1.5000", "2.5000", "", "", ""]
 
-    SweepSummary().on_multirun_end(config=config)
+    with pytest.raises(SystemExit) as ended:  # printed first, then the sweep says it failed
+        SweepSummary().on_multirun_end(config=config)
+    assert ended.value.code == 1
     out = capsys.readouterr().out
     assert "best val/loss first" in out and "failed" in out
     (sweep / "5").mkdir()
@@ -210,7 +212,9 @@ def test_a_bad_job_fails_alone_and_the_sweep_goes_on(tmp_path, corpus_file):
         "-m", "model.n_head=3,2", *FAST, "trainer.max_steps=5",
         f"data.path={corpus_file}", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
-    assert result.returncode != 0  # Hydra reports the failed job at the end
+    assert result.returncode == 1, result.stderr[-3000:]  # the sweep ends, then says it failed
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "best val/loss first" in result.stdout and "1 of 2 jobs failed" in result.stdout
     rows = read_csv(sweep / "summary.csv")
     assert [(r["model.n_head"], r["status"]) for r in rows] == [("2", "ok"), ("3", "failed")]
     assert (sweep / "1" / "best" / "model.safetensors").is_file()  # the good job still ran

@@ -46,7 +46,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, map_location or "cpu")
 
 
-def verify_checkpoint(path: str | Path) -> Path:
+def verify_checkpoint(path: str | Path) -> dict:
     """Check that `path` is a checkpoint Lightning can resume from without running pickled code.
 
     Reading it with `weights_only=True` refuses any pickle that would construct arbitrary
@@ -69,7 +69,34 @@ def verify_checkpoint(path: str | Path) -> Path:
             f"checkpoint {path} is not a Lightning training checkpoint (missing {missing}); "
             "resume from a run's checkpoints/last.ckpt"
         )
-    return path
+    return checkpoint
+
+
+# the model settings a run may change when it continues: they do not change what the weights mean
+TRAINING_ONLY = ("dropout", "attn_dropout", "dropout_mask", "zero_init")
+
+
+def check_continues(checkpoint: dict, path: str | Path, model: dict, tokenizer: dict) -> None:
+    """The run about to continue from `checkpoint` builds its model (`model`, a ModelConfig's
+    dict) on its vocabulary (`tokenizer`, a state dict): one line if either differs, before
+    Lightning fails half-way through its restore with a size-mismatch traceback."""
+    trained = (checkpoint.get("CharDataModule") or {}).get("tokenizer")
+    if isinstance(trained, dict) and trained != tokenizer:
+        sizes = [f"{len(t['vocab'])} characters" if "vocab" in t else "bytes" for t in
+                 (tokenizer, trained)]  # fmt: skip
+        raise CheckpointError(
+            f"the corpus's vocabulary ({sizes[0]}) is not the one checkpoint {path} was trained "
+            f"on ({sizes[1]}): continue with the data settings the run started with, or start "
+            "a new run (without resume= or ckpt_path=)"
+        )
+    saved = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
+    for key, value in model.items():
+        if key not in TRAINING_ONLY and key in saved and saved[key] != value:
+            raise CheckpointError(
+                f"model.{key}={value}, but checkpoint {path} was trained with {saved[key]}: a "
+                "run keeps its model when it continues; drop the override, or start a new run "
+                "(without resume= or ckpt_path=)"
+            )
 
 
 def resume_command(run_dir: str | Path) -> str:

@@ -15,8 +15,9 @@ my_configs/my_train.yaml as the primary config (it can start with `defaults: [tr
 Outputs and data go under the current folder (`paths.root_dir`).
 
 Before Hydra starts, `train_main` turns `resume=true` / `resume=RUN` into that run's overrides,
-folder and last checkpoint, and checks that the output folder can be written (Hydra would fail
-with a traceback). Both read where runs live from the composed config (`paths.log_dir`).
+folder, last checkpoint and precision, and checks that the output folder can be written (Hydra
+would fail with a traceback) and, for a new run, holds no other run. Both read where runs live
+from the composed config (`paths.log_dir`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import os
 import re
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -39,7 +41,8 @@ from tinyllm.callbacks import NonFiniteLossError, TrainingInterrupted
 from tinyllm.checkpointing import CHECKPOINT_DIR, CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
-from tinyllm.runs import RunFolderError, default_log_dir, newest_with
+from tinyllm.io import write_atomic
+from tinyllm.runs import RUN_CONFIG, RunFolderError, default_log_dir, newest_with
 from tinyllm.sweep import exit_job
 from tinyllm.training import train
 
@@ -58,10 +61,10 @@ def _train_app(cfg: DictConfig) -> float | None:
         return train(cfg)
     except (ConfigError, CorpusError, ArtifactError, RunFolderError) as e:
         log.error("%s", e)
-        exit_job(2, e)  # in a -m sweep: this job fails, the others still run (tinyllm/sweep.py)
+        return exit_job(2, e)  # in a -m sweep: this job fails, the others run (tinyllm/sweep.py)
     except InstantiationException as e:
         log.error("%s", str(e.__cause__ or e).strip().splitlines()[0])
-        exit_job(2, str(e.__cause__ or e))
+        return exit_job(2, str(e.__cause__ or e))
     except (
         TrainingInterrupted
     ) as e:  # Ctrl-C or SIGTERM: saved, then stopped (tinyllm/callbacks/fault_guard.py)
@@ -70,8 +73,7 @@ def _train_app(cfg: DictConfig) -> float | None:
         sys.exit(e.exit_code)
     except NonFiniteLossError as e:
         log.error("%s", e)
-        exit_job(1, e)
-    sys.exit(2)
+        return exit_job(1, e)
 
 
 def train_main() -> None:
@@ -82,7 +84,30 @@ def train_main() -> None:
     except (CheckpointError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    _train_app()
+    with _kept_if_refused(_resumed_run(sys.argv)):
+        _train_app()
+
+
+def _resumed_run(argv: list[str]) -> Path | None:
+    """The run folder `resolve_resume_argv` resumes (its `resume=RUN`), if any."""
+    runs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("resume=")]
+    return Path(runs[-1]) if runs else None
+
+
+@contextmanager
+def _kept_if_refused(run: Path | None):
+    """A resume refused for bad input (exit 2) leaves the run's `.hydra/` as it was. Hydra
+    rewrites it (overrides.yaml above all) before train() checks anything, so the refused
+    override would otherwise be replayed by every later `resume=` of the run."""
+    folder = run / ".hydra" if run is not None else None
+    saved = {p: p.read_bytes() for p in folder.glob("*.yaml")} if folder and folder.is_dir() else {}
+    try:
+        yield
+    except SystemExit as e:
+        if e.code == 2:
+            for path, data in saved.items():
+                write_atomic(path, data)
+        raise
 
 
 def chat_main() -> None:
@@ -346,6 +371,12 @@ def check_output_argv(argv: list[str]) -> None:
     if "$" in folder:  # an interpolation: Hydra resolves it, training.check_output_dir checks
         return
     path = Path(folder).expanduser()
+    new_run = key == "hydra.run.dir" and "ckpt_path" not in values
+    if new_run and (path / LAST_CHECKPOINT).is_file():  # a new run would mix its files in
+        raise RunFolderError(
+            f"{path} already holds a run ({LAST_CHECKPOINT}): continue it with "
+            f"resume={path}, or set hydra.run.dir to a new folder"
+        )
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -427,7 +458,21 @@ def resolve_resume_argv(argv: list[str]) -> list[str]:
     user = [a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")]
     log_dir = configured_log_dir(argv) if value.strip().lower() in _TRUE else None
     run, ckpt = resolve_resume(value, log_dir or ".")
-    user_keys = {_key(a) for a in user if "=" in a}
+    # every override's key, `~key` deletions included (a saved one must not apply twice)
+    user_keys = {_key(a) for a in user if not a.startswith("-")}
     saved = [o for o in _saved_overrides(run) if _key(o) not in user_keys]
+    if "trainer.precision" not in user_keys | {_key(o) for o in saved}:
+        saved += _trained_precision(run)
     run_dir = [] if "hydra.run.dir" in user_keys else [f"hydra.run.dir={run}"]
     return [argv[0], *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]
+
+
+def _trained_precision(run: Path) -> list[str]:
+    """`trainer.precision=` as the run trained: `auto` measures the machine again at every
+    start, and a resumed run must not switch between bf16 and fp32 half-way."""
+    try:
+        saved = yaml.safe_load((run / RUN_CONFIG).read_text(encoding="utf-8"))
+        precision = saved["trainer"]["precision"]
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        return []
+    return [f"trainer.precision={precision}"] if isinstance(precision, (str, int)) else []

@@ -248,11 +248,26 @@ def evaluate_ids(
     return total / count, count, len(starts)
 
 
+def _device(name: str) -> str:
+    """`device=` as torch names it; one line for a device this machine does not have."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except (RuntimeError, TypeError):
+        kind = None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(),
+                 "mps": torch.backends.mps.is_available()}  # fmt: skip
+    if not available.get(kind):
+        have = ", ".join(k for k, ok in available.items() if ok)
+        raise EvaluationError(f"device {name!r} is not available here: use --device auto or one "
+                              f"of {have}")  # fmt: skip
+    return name
+
+
 def evaluate_config(cfg: DictConfig) -> EvalResult:
     """Evaluate the model an `eval_config` names on its split."""
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _device(cfg.device)
     model_path = Path(cfg.model_path).expanduser()
     loaded = load_model(model_path, device=device)
     part, skipped, datamodule = split_ids(cfg, loaded.tokenizer)

@@ -20,7 +20,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -47,16 +47,18 @@ def _score(value: Any) -> float | None:
 
 def job_result(config: DictConfig, job_return: JobReturn) -> dict:
     """What one job contributes to the summary."""
-    failed = job_return.status != JobStatus.COMPLETED
+    num = int(config.hydra.job.num)
+    failed = job_return.status != JobStatus.COMPLETED or num in FAILED_JOBS
     value = None if failed else job_return._return_value
     score = _score(value)
     overrides = dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)
     if failed:
-        status, error = "failed", str(job_return._return_value).strip().splitlines()[:1]
+        why = FAILED_JOBS.get(num) or str(job_return._return_value)
+        status, error = "failed", why.strip().splitlines()[:1]
     else:
         status, error = ("ok" if score is not None else "no val/loss"), []
     return {
-        "job": int(config.hydra.job.num),
+        "job": num,
         "output_dir": str(config.hydra.runtime.output_dir),
         "overrides": overrides,
         "status": status,
@@ -154,23 +156,26 @@ def print_summary(results: list[dict], sweep_dir: Path, console=None) -> None:
     (console or rich.get_console()).print(table)
 
 
-class SweepJobError(RuntimeError):
-    """A multirun job stopped on an error (already logged): the job fails, the sweep goes on."""
+# the multirun jobs of this process that stopped on an error: job number -> the one line why
+FAILED_JOBS: dict[int, str] = {}
 
 
-def exit_job(code: int, error: object) -> NoReturn:
+def exit_job(code: int, error: object) -> float:
     """Stop this job after an error that has been logged as one line.
 
-    A single run exits with `code`. A multirun job raises `SweepJobError` instead: Hydra then
-    records the job as failed (its row in the summary says why) and runs the other jobs, where
-    `sys.exit` would end the whole sweep at its first bad combination.
+    A single run exits with `code`. A multirun job returns NaN instead, recorded as failed (its
+    row in the summary says why), and the other jobs run: `sys.exit` would end the sweep at its
+    first bad combination, and an exception would reach Hydra's basic sweeper, which re-raises
+    it as a traceback once the jobs are done, before the summary is printed (Optuna's sweeper
+    stops its search on it; a NaN is a failed trial to it). The sweep exits 1 at its end.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise SweepJobError(message) from None
+        FAILED_JOBS[int(HydraConfig.get().job.num)] = message
+        return math.nan
     sys.exit(code)
 
 
@@ -198,3 +203,8 @@ class SweepSummary(Callback):
             return
         print_summary(results, sweep_dir)
         log.info("sweep summary: %s, %s", sweep_dir / SUMMARY_MD, sweep_dir / SUMMARY_CSV)
+        failed = sum(r.get("status") == "failed" for r in results)
+        if failed:
+            log.error("%d of %d jobs failed: their rows in the summary say why", failed,
+                      len(results))  # fmt: skip
+            sys.exit(1)

@@ -24,7 +24,7 @@ from tinyllm.callbacks import (
     ValidateAtEnd,
     best_score,
 )
-from tinyllm.checkpointing import AtomicCheckpointIO, verify_checkpoint
+from tinyllm.checkpointing import AtomicCheckpointIO, check_continues, verify_checkpoint
 from tinyllm.config import (
     ConfigError,
     parse_duration,
@@ -101,24 +101,28 @@ def train(cfg: DictConfig) -> float | None:
     validate(cfg)
     route_lightning_logs_to_root()
     output_dir = Path(cfg.paths.output_dir)
-    if cfg.get("ckpt_path"):  # refuse untrusted pickles before Lightning reads the file
-        verify_checkpoint(cfg.ckpt_path)
+    # refuse untrusted pickles before Lightning reads the file
+    checkpoint = verify_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None
     check_output_dir(output_dir)
     # under DDP, Lightning's launcher re-runs this script on every rank: one rank writes the files
     writes_files = rank_zero_only.rank == 0
     # one live run per folder (rank zero holds it for all ranks); released however fit ends
     with RunLock(output_dir) if writes_files else contextlib.nullcontext():
-        return _train(cfg, output_dir, writes_files)
+        return _train(cfg, output_dir, writes_files, checkpoint)
 
 
-def _train(cfg: DictConfig, output_dir: Path, writes_files: bool) -> float | None:
-    if writes_files:
-        if cfg.get("print_config", True):
-            print_config_tree(cfg)
-        write_atomic(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
-
+def _train(
+    cfg: DictConfig, output_dir: Path, writes_files: bool, checkpoint: dict | None
+) -> float | None:
+    if writes_files and cfg.get("print_config", True):
+        print_config_tree(cfg)
     datamodule, module = build_data_and_module(cfg)
+    if checkpoint is not None:  # before the run's files are rewritten for a model it cannot be
+        tokenizer = datamodule.tokenizer.state_dict()
+        check_continues(checkpoint, cfg.ckpt_path, module.config.to_dict(), tokenizer)
+        del checkpoint  # Lightning reads the file again, for its restore
     if writes_files:
+        write_atomic(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
         datamodule.tokenizer.save_state(output_dir / TOKENIZER_FILE)
         log.info("config and tokenizer saved in %s", _shown(output_dir))
     config = module.config
