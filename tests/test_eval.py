@@ -168,6 +168,10 @@ def test_argv_translation_keeps_any_path_exact(tmp_path):
     assert (cfg.json, cfg.split, cfg.batch_size, cfg.skip_unknown, cfg.device) == (
         True, "train", 8, True, "cpu")  # fmt: skip
     assert eval_overrides(["model_path=m", "json=true"]) == ["model_path=m", "json=true"]
+    with_equals = tmp_path / "lr=3e-3"  # a folder named after an override, as sweeps make
+    with_equals.mkdir()
+    assert eval_overrides([str(with_equals), "split=all"]) == [
+        f"model_path='{with_equals}'", "split=all"]  # fmt: skip
 
 
 def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):

@@ -147,7 +147,7 @@ def eval_overrides(args: list[str]) -> list[str]:
     `model_path=MODEL`, then the KEY=VALUE arguments unchanged (`data.path=x.txt`, `split=train`),
     then the flags (`--json` -> `json=true`, `--split train` -> `split=train`; the last of two
     values for a key wins). The positional's and the flags' values are quoted: any path is taken
-    as it is (but an argument with `=` is an override: `model_path='a=b'`)."""
+    as it is (an argument with `=` is an override unless it is a path that exists)."""
     parser = _OneLineParser(
         prog="eval.py",
         description="Loss, bits per character and perplexity of a saved model. Settings are "
@@ -165,11 +165,12 @@ def eval_overrides(args: list[str]) -> list[str]:
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
     parser.add_argument("--output", metavar="FILE", help="also write the JSON to FILE")
     parsed = parser.parse_intermixed_args(args)
-    models = [a for a in parsed.args if "=" not in a]
+    # the model: the argument without `=`, or a path that exists though it has one
+    models = [a for a in parsed.args if "=" not in a or Path(a).expanduser().exists()]
     if len(models) > 1:
         parser.error(f"one model at a time, got {len(models)}: {' '.join(models)}")
     overrides = [f"model_path={_quoted(m)}" for m in models]
-    overrides += [a for a in parsed.args if "=" in a]
+    overrides += [a for a in parsed.args if a not in models]
     for key, value in vars(parsed).items():  # each flag's dest is its eval.yaml key
         if key != "args" and value not in (None, False):
             overrides.append(f"{key}=true" if value is True else f"{key}={_quoted(value)}")
