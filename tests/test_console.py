@@ -408,7 +408,8 @@ def test_interactive_session(trained_run, tmp_path):
     assert len(first.strip()) > 5
     assert "conversation forgotten" in ask(child, "/reset")
     assert ask(child, "ROMEO:") == first
-    assert settings_shown(child)["conversation"].split()[0] != "0"
+    conversation = settings_shown(child)["conversation"]
+    assert conversation.split()[0] != "0" and "sees the last 32 characters" in conversation
 
     # characters the model does not know: named, dropped; nothing left: ask again
     answer = ask(child, "ROMEO€:")

@@ -186,7 +186,8 @@ class ChatConsole:
         rows = settings_rows(self.settings) + [
             ("model", str(self.loaded.path)),
             ("conversation", f"{len(self.conversation)} characters "
-                             f"(the model sees the last {self.context_length})"),
+                             f"(the model sees the last {self.context_length} "
+                             f"{self.loaded.tokenizer.unit}s)"),
         ]  # fmt: skip
         if self._rich is not None and self._rich.is_terminal:
             from rich.table import Table
