@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -350,10 +351,12 @@ def test_debug_profiler_writes_its_report(tmp_path, corpus_file):
     assert "run_training_batch" in report.read_text()
 
 
-def test_csv_logger_writes_the_metrics(tmp_path, corpus_file):
+def test_csv_logger_writes_the_metrics(tmp_path, corpus_file, caplog):
     import csv
 
-    run, score = _tiny_run(tmp_path, corpus_file, "logger=csv")
+    with caplog.at_level(logging.INFO, logger="tinyllm.training"):
+        run, score = _tiny_run(tmp_path, corpus_file, "logger=csv")
+    assert "chat with it:" in caplog.text and "tensorboard --logdir" not in caplog.text
     rows = list(csv.DictReader((run / "csv" / "metrics.csv").open()))
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert val and min(val) == pytest.approx(score)

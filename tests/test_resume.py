@@ -150,6 +150,25 @@ def test_resume_argv_keeps_deletions_once_and_the_runs_precision(tmp_path, monke
     assert [a for a in argv if "precision" in a] == ["trainer.precision=32-true"]
 
 
+def test_resume_argv_keeps_the_runs_config_name_and_folder(tmp_path, monkeypatch):
+    """Hydra takes its flags before the overrides; a run started with --config-name/-dir is
+    composed on them again when resumed, unless they are given anew."""
+    monkeypatch.chdir(tmp_path)
+    run = _fake_run(tmp_path, "r", ["model=tiny"], age=0)
+    (run / ".hydra" / "hydra.yaml").write_text(
+        "hydra:\n  job:\n    config_name: my_train\n  runtime:\n    config_sources:\n"
+        "    - {path: tinyllm.configs, schema: pkg, provider: main}\n"
+        "    - {path: /somewhere/my_configs, schema: file, provider: command-line}\n"
+    )
+    rel = Path("outputs/runs/r")
+    tail = [f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}"]
+    argv = resolve_resume_argv(["train.py", "resume=true", "a=1"])
+    assert argv == ["train.py", "--config-name", "my_train", "--config-dir",
+                    "/somewhere/my_configs", "model=tiny", "a=1", *tail]  # fmt: skip
+    argv = resolve_resume_argv(["train.py", "-cd", "mine", "resume=true", "--config-name=t"])
+    assert argv == ["train.py", "-cd", "mine", "--config-name=t", "model=tiny", *tail]
+
+
 # `train.py resume=true` with no run to resume: tests/test_bad_inputs.py ("resume without a run")
 
 

@@ -66,6 +66,7 @@ def test_train_log_has_the_run(trained_run, corpus_file):
     for step in range(cfg.training.sample_frequency, steps + 1, cfg.training.sample_frequency):
         assert f"sample at step {step} " in log
     assert f"chat with it:   python chat.py {trained_run / 'best'}" in log
+    assert f"watch curves:   tensorboard --logdir {trained_run}" in log
     assert "best val/loss " in log
     assert "Traceback" not in log and "[ERROR]" not in log
 

@@ -456,16 +456,54 @@ def resolve_resume_argv(argv: list[str]) -> list[str]:
         return [a for a in argv if not a.startswith("resume=")]
     if any(a in ("-m", "--multirun") for a in argv[1:]):
         raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
-    user = [a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")]
+    flags, user = _split_flags([a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")])
     log_dir = configured_log_dir(argv) if value.strip().lower() in _TRUE else None
     run, ckpt = resolve_resume(value, log_dir or ".")
     # every override's key, `~key` deletions included (a saved one must not apply twice)
-    user_keys = {_key(a) for a in user if not a.startswith("-")}
+    user_keys = {_key(a) for a in user}
     saved = [o for o in _saved_overrides(run) if _key(o) not in user_keys]
     if "trainer.precision" not in user_keys | {_key(o) for o in saved}:
         saved += _trained_precision(run)
     run_dir = [] if "hydra.run.dir" in user_keys else [f"hydra.run.dir={run}"]
-    return [argv[0], *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]
+    flags = _config_flags(run, flags) + flags  # Hydra takes its flags before the overrides
+    return [argv[0], *flags, *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]
+
+
+# Hydra's flags that take a value (--info's is optional, so it is left out)
+_VALUE_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
+                "--cfg", "-c", "--package", "-p", "--experimental-rerun", "--shell-completion",
+                "-sc")  # fmt: skip
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides) of a command line's arguments."""
+    flags, overrides = [], []
+    taking_value = False
+    for arg in args:
+        if taking_value or arg.startswith("-"):
+            flags.append(arg)
+            taking_value = not taking_value and arg in _VALUE_FLAGS
+        else:
+            overrides.append(arg)
+    return flags, overrides
+
+
+def _config_flags(run: Path, flags: list[str]) -> list[str]:
+    """`--config-name`/`--config-dir` as the run was started with them, unless given again:
+    without them its saved overrides would be composed on another primary config."""
+    try:
+        hydra_cfg = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text(encoding="utf-8"))
+        job, sources = hydra_cfg["hydra"]["job"], hydra_cfg["hydra"]["runtime"]["config_sources"]
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        return []
+    given = {f.split("=", 1)[0] for f in flags}
+    added = []
+    if not given & {"--config-name", "-cn"} and job.get("config_name") not in (None, "train"):
+        added += ["--config-name", str(job["config_name"])]
+    folders = [s.get("path") for s in sources if s.get("provider") == "command-line"]
+    if not given & {"--config-dir", "-cd"} and folders and folders[0]:
+        added += ["--config-dir", str(folders[0])]
+    return added
 
 
 def _trained_precision(run: Path) -> list[str]:

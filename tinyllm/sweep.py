@@ -95,12 +95,14 @@ def _shown(score: float | None) -> str:
 
 def summary_rows(results: list[dict], varying_only: bool) -> tuple[list[str], list[list[str]]]:
     keys = _override_keys(results, varying_only)
-    header = ["rank", "job", *keys, METRIC, "status"]
+    errors = any(r.get("error") for r in results)  # a failed job's row says why
+    header = ["rank", "job", *keys, METRIC, "status", *(["error"] if errors else [])]
     rows = []
     for rank, r in enumerate(results, 1):
         overrides = r.get("overrides", {})
         cells = [str(rank), str(r.get("job", "")), *(overrides.get(k, "") for k in keys)]
-        rows.append([*cells, _shown(r.get("val_loss")), r.get("status", "")])
+        cells += [_shown(r.get("val_loss")), r.get("status", "")]
+        rows.append([*cells, *([r.get("error") or ""] if errors else [])])
     return header, rows
 
 
@@ -160,14 +162,15 @@ def print_summary(results: list[dict], sweep_dir: Path, console=None) -> None:
 FAILED_JOBS: dict[int, str] = {}
 
 
-def exit_job(code: int, error: object) -> float:
+def exit_job(code: int, error: object) -> None:
     """Stop this job after an error that has been logged as one line.
 
-    A single run exits with `code`. A multirun job returns NaN instead, recorded as failed (its
+    A single run exits with `code`. A multirun job returns None instead, recorded as failed (its
     row in the summary says why), and the other jobs run: `sys.exit` would end the sweep at its
     first bad combination, and an exception would reach Hydra's basic sweeper, which re-raises
-    it as a traceback once the jobs are done, before the summary is printed (Optuna's sweeper
-    stops its search on it; a NaN is a failed trial to it). The sweep exits 1 at its end.
+    it as a traceback once the jobs are done, before the summary is printed. Optuna's sweeper
+    counts a value that is not a number as a failed trial and goes on (an exception, or a NaN
+    in Optuna 2.10, stops its search). The sweep exits 1 at its end.
     """
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -175,7 +178,7 @@ def exit_job(code: int, error: object) -> float:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
         FAILED_JOBS[int(HydraConfig.get().job.num)] = message
-        return math.nan
+        return None
     sys.exit(code)
 
 

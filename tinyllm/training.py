@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -204,5 +205,8 @@ def report(output_dir: Path, best: BestArtifactsCallback | None) -> None:
         return
     score = "n/a" if best.best_score is None else f"{best.best_score:.4f}"
     log.info("best val/loss %s; model artifacts in %s", score, _shown(best.dirpath))
-    log.info("chat with it:   python chat.py %s", _shown(best.dirpath))
-    log.info("watch curves:   tensorboard --logdir %s", _shown(output_dir))
+    installed = Path(sys.argv[0]).name.startswith("tinyllm-")  # tinyllm-train, not train.py
+    chat = "tinyllm-chat" if installed else "python chat.py"
+    log.info("chat with it:   %s %s", chat, _shown(best.dirpath))
+    if (output_dir / "tensorboard").is_dir():  # logger=tensorboard (not csv, none, debug=fdr)
+        log.info("watch curves:   tensorboard --logdir %s", _shown(output_dir))
