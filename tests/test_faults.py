@@ -27,6 +27,35 @@ from tinyllm.tokenizer import CharacterTokenizer
 
 # --- SIGINT / SIGTERM ----------------------------------------------------------------------
 
+# Ctrl-C while the corpus is prepared (before training, where fault_guard's handlers are not
+# yet installed): train.py as a user runs it, its preparation interrupted
+INTERRUPTED_PREPARATION = """
+import runpy, sys
+from tinyllm import data
+def interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+data.CharDataModule.prepare = interrupted
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+if sys.argv[0].endswith("train.py"):
+    runpy.run_path(sys.argv[0], run_name="__main__")
+else:
+    from tinyllm.cli import prepare_entry
+    prepare_entry()
+"""
+
+
+def test_ctrl_c_while_the_corpus_is_prepared_is_one_line(tmp_path, corpus_file):
+    for command in ([str(ROOT / "train.py"), *TINY_OVERRIDES, f"hydra.run.dir={tmp_path}/run"],
+                    ["tinyllm-prepare", "--quiet"]):  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-c", INTERRUPTED_PREPARATION, *command, f"data.path={corpus_file}",
+             f"paths.data_dir={tmp_path}/data"], capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        output = result.stdout + result.stderr
+        assert result.returncode == 130, output[-2000:]
+        assert "Traceback" not in output and "interrupted" in output
+        assert not (tmp_path / "run" / "checkpoints").exists()
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

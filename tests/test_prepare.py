@@ -216,6 +216,18 @@ def test_cache_is_prepared_once_then_memory_mapped(tmp_path, monkeypatch):
     assert batches(again) == batches(first)
 
 
+def test_a_killed_preparations_temporary_files_are_removed_by_the_next(tmp_path):
+    source = write(tmp_path / "corpus.txt", make_corpus(80))
+    settings = PrepareSettings()
+    folder = prepare.cache_folder(tmp_path / "cache", [source], settings)
+    folder.mkdir(parents=True)
+    stale = [folder / ".cleaned.999.ab12.tmp", folder / ".ids.bin.999.cd34.tmp"]
+    for path in stale:  # what a `kill -9` mid-preparation leaves
+        path.write_bytes(b"x" * 1000)
+    prepare_corpus([source], settings, tmp_path / "cache")
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "ids.bin", "manifest.json"]
+
+
 def test_changed_source_or_settings_are_prepared_again(tmp_path):
     source = write(tmp_path / "corpus.txt", make_corpus(80))
     cache = tmp_path / "cache"

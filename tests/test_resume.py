@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from conftest import (
@@ -24,6 +25,7 @@ from conftest import (
     without,
 )
 
+from tinyllm.callbacks import TrainingInterrupted
 from tinyllm.checkpointing import CheckpointError
 from tinyllm.cli import find_resumable_run, resolve_resume, resolve_resume_argv
 from tinyllm.training import train
@@ -89,6 +91,34 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, corpus_file, optimizer):
     assert score_whole == score_split <= first_best
     meta = json.loads((split / "best" / "metadata.json").read_text())
     assert meta["val_loss"] == score_split
+
+
+class SignalAt(L.Callback):
+    """Sends this process SIGTERM as step `step` starts (a `kill` mid-run, in process)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_run_stopped_by_sigterm_resumes_exactly(tmp_path, corpus_file):
+    """The stop validates off the interval (step 7): that validation must not move the random
+    generators the checkpoint saves, or the resumed dropout masks differ from the whole run's."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    _train(whole, corpus_file, "trainer.max_steps=20")
+    kill = ["+callbacks.kill._target_=test_resume.SignalAt", "+callbacks.kill.step=7"]
+    with pytest.raises(TrainingInterrupted):
+        _train(split, corpus_file, "trainer.max_steps=20", *kill)
+    last = split / "checkpoints" / "last.ckpt"
+    assert load_ckpt(last)["global_step"] == 8  # the step in progress finished
+    _train(split, corpus_file, "trainer.max_steps=20", f"ckpt_path={last}")
+    a, b = load_ckpt(whole / "checkpoints" / "last.ckpt"), load_ckpt(last)
+    assert a["global_step"] == b["global_step"] == 20
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
 
 
 # --- the resume= command line ------------------------------------------------------------------

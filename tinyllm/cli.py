@@ -74,6 +74,9 @@ def _train_app(cfg: DictConfig) -> float | None:
     except NonFiniteLossError as e:
         log.error("%s", e)
         return exit_job(1, e)
+    except KeyboardInterrupt:  # before training (preparing the corpus): fault_guard's are inside
+        log.warning("interrupted (Ctrl-C) before training started: nothing was saved")
+        sys.exit(130)
 
 
 def train_main() -> None:
@@ -236,6 +239,9 @@ def prepare_main(argv: list[str] | None = None) -> int:
         with _progress_bar(enabled=not args.quiet) as progress:
             datamodule.progress = progress
             prepared = datamodule.prepare()
+    except KeyboardInterrupt:
+        print("interrupted: no token cache was written", file=sys.stderr)
+        return 130
     except (CorpusError, ValueError, HydraException, OmegaConfBaseException) as e:
         message = str(e.__cause__ or e).strip().splitlines()
         print(f"error: {message[0] if message else type(e).__name__}", file=sys.stderr)

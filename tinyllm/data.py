@@ -356,6 +356,10 @@ class CharDataModule(L.LightningDataModule):
             torch.utils.data.Subset(dataset, offsets),
             batch_size=self.batch_size,
             shuffle=False,
+            # a loader draws its workers' base seed when iterated: from a generator of its own,
+            # not torch's global one, so a validation off the interval (a stopped run's last)
+            # leaves the dropout masks after it, and so an exact resume, as they were
+            generator=torch.Generator().manual_seed(self.seed),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

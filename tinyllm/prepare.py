@@ -226,6 +226,9 @@ def prepare_corpus(
         prepared = load_prepared(folder, files, settings)
         if prepared is not None:
             return prepared
+        if fcntl is not None:  # only the lock's holder writes here: these are a killed one's
+            for stale in folder.glob(".*.tmp"):
+                stale.unlink(missing_ok=True)
         _prepare(files, settings, folder, name, chunk_bytes, progress)
     prepared = load_prepared(folder, files, settings)
     if prepared is None:  # the sources changed right after preparation
