@@ -104,6 +104,12 @@ def test_latest_run_under_outputs(tmp_path, trained_run, monkeypatch):
     assert loaded.path == Path("outputs/runs/r1/best")
     assert same_weights(loaded.model, load_model(trained_run).model)
 
+    # a newer run whose best/ is being written (its weights first, metadata.json last): not yet
+    partial = tmp_path / "outputs" / "runs" / "r2" / "best"
+    partial.mkdir(parents=True)
+    shutil.copy(trained_run / "best" / "model.safetensors", partial)
+    assert load_model().path == Path("outputs/runs/r1/best")
+
     monkeypatch.chdir(tmp_path / "outputs")  # no outputs/ below here
     with pytest.raises(ArtifactError, match="run `python train.py` first"):
         load_model()

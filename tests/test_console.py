@@ -7,8 +7,10 @@ import contextlib
 import io
 import os
 import re
+import shlex
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -486,6 +488,20 @@ def test_prompt_and_pipe_modes(trained_run, tmp_path):
     assert "\x1b" not in piped.stdout and "tinyllm chat" not in piped.stdout
     assert "'☃'" in piped.stderr and "Traceback" not in piped.stderr
     assert len(piped.stdout) > len(once.stdout) * 2 + 10
+
+
+def test_closed_streams_and_a_full_disk_are_one_line(trained_run, tmp_path):
+    chat = f"{shlex.quote(sys.executable)} {ROOT / 'chat.py'} {trained_run} -n 5"
+    for redirect, code, message in [
+        ("<&-", 2, "chat.py: error: stdin closed"),  # no prompt, nothing to read
+        ("-p R >&-", 2, "chat.py: error: stdout closed"),
+        ("-p R >/dev/full", 1, "chat.py: error: cannot write the reply (No space left"),
+    ]:
+        result = subprocess.run(["bash", "-c", f"{chat} {redirect}"], capture_output=True,
+                                text=True, env=env(tmp_path), timeout=60)  # fmt: skip
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code and len(lines) == 1, result.stderr[-2000:]
+        assert lines[0].startswith(message), lines
 
 
 def test_a_path_without_a_model_exits_2_with_one_line(tmp_path):

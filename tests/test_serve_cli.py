@@ -81,6 +81,18 @@ def test_bad_model_and_busy_port_get_one_line_and_exit_2(tmp_path):
     assert "cannot listen on" in stderr and "--port" in stderr
 
 
+@pytest.mark.parametrize("option", ["--threads", "--max-batch"])
+def test_options_that_size_allocations_are_bounded(option, capsys):
+    """A batch of 10^8 (its KV cache) or 10^5 threads: one line before anything is allocated."""
+    from tinyllm.serve.server import build_parser
+
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args([option, "100000000"])
+    assert refused.value.code == 2
+    assert "100000000 must be from 1 to 1024" in capsys.readouterr().err
+    assert getattr(build_parser().parse_args([option, "1024"]), option[2:].replace("-", "_"))
+
+
 def test_the_model_id_is_the_run_folder_name():
     from pathlib import Path
 
@@ -88,5 +100,6 @@ def test_the_model_id_is_the_run_folder_name():
 
     assert model_id_of(Path("outputs/runs/2026-01-02_10-00-00/best")) == "2026-01-02_10-00-00"
     assert model_id_of(Path("outputs/multiruns/2026-01-02/3/best")) == "2026-01-02-3"
-    assert model_id_of(Path("runs/a/checkpoints/last.ckpt")) == "last"
+    assert model_id_of(Path("runs/a/checkpoints/last.ckpt")) == "a"  # the run's, as best/'s
+    assert model_id_of(Path("elsewhere/my-model.ckpt")) == "my-model"
     assert model_id_of(None) == "tinyllm"

@@ -292,7 +292,8 @@ def find_latest_best(outputs_dir: str | Path | None = None) -> Path:
     runs live, $TINYLLM_OUTPUTS or outputs/). Only the run folders train.py makes are searched,
     so other things kept there are never picked by accident."""
     outputs_dir = Path(outputs_dir) if outputs_dir is not None else default_log_dir()
-    run = newest_with(outputs_dir, f"{BEST_DIR}/{WEIGHTS_FILE}")
+    # metadata.json is written last (save_artifacts): a best/ being exported is not chosen yet
+    run = newest_with(outputs_dir, f"{BEST_DIR}/{METADATA_FILE}")
     if run is None:
         raise ArtifactError(
             f"no trained model under {outputs_dir}/: run `python train.py` first or pass a path"

@@ -10,6 +10,7 @@ encodings, Ctrl-C, a closed pipe).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -127,10 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 0
+    except OSError as e:  # a full disk, a closed stream
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            print(f"chat.py: error: cannot write the reply ({e.strerror or e})", file=sys.stderr)
+        return 1
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
+    closed = [name for name in ("stdin", "stdout") if getattr(sys, name) is None]
+    if closed and (args.prompt is None or "stdout" in closed):  # `<&-` or `>&-`
+        print(f"chat.py: error: {' and '.join(closed)} closed: give the console a terminal, "
+              "a pipe or a file", file=sys.stderr)  # fmt: skip
+        return 2
     import torch
 
     from tinyllm.artifacts import load_model

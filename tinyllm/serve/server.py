@@ -14,14 +14,21 @@ from pathlib import Path
 API_KEY_ENV = "TINYLLM_API_KEY"  # the key from the environment keeps it out of `ps`
 
 
-def _positive(text: str) -> int:
+def _positive(text: str, most: int | None = None) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    if value < 1 or (most is not None and value > most):
+        bounds = "at least 1" if most is None else f"from 1 to {most}"
+        raise argparse.ArgumentTypeError(f"{value} must be {bounds}")
     return value
+
+
+def _at_most(most: int):
+    """`_positive` bounded: for the options that size what is allocated at start (the batch's
+    KV cache, threads)."""
+    return lambda text: _positive(text, most)
 
 
 def _port(text: str) -> int:
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--api-key", default=os.environ.get(API_KEY_ENV) or None,
         help=f"require `Authorization: Bearer KEY` on /v1 (or set {API_KEY_ENV})")  # fmt: skip
     add("--model-name", help="the model id clients send (default: the run folder's name)")
-    add("--max-batch", type=_positive, default=d.max_batch,
+    add("--max-batch", type=_at_most(1024), default=d.max_batch,
         help=f"requests decoded together; more wait (default {d.max_batch})")  # fmt: skip
     add("--max-tokens-cap", type=_positive, default=d.max_tokens_cap,
         help=f"largest max_tokens a request may ask (default {d.max_tokens_cap})")  # fmt: skip
@@ -62,23 +69,27 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest request body (default {d.max_body_bytes})")  # fmt: skip
     add("--max-n", type=_positive, default=d.max_n,
         help=f"most choices per request (default {d.max_n})")  # fmt: skip
-    add("--threads", type=_positive, default=None,
+    add("--threads", type=_at_most(1024), default=None,
         help="CPU threads for the model (default 1, or OMP_NUM_THREADS)")  # fmt: skip
     add("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     return parser
 
 
 def model_id_of(path: Path | None) -> str:
-    """A readable id: the run folder's name for .../<run>/best (<time>-<job> in a multirun),
-    else the file or folder name."""
+    """A readable id: the run folder's name for .../<run>/best or .../<run>/checkpoints/X.ckpt
+    (<time>-<job> in a multirun), else the file or folder name."""
     from tinyllm.artifacts import BEST_DIR
+    from tinyllm.checkpointing import CHECKPOINT_DIR
 
     if path is None:
         return "tinyllm"
     path = Path(path)
-    if path.name != BEST_DIR:
+    if path.name == BEST_DIR:
+        run = path.parent
+    elif path.parent.name == CHECKPOINT_DIR:  # <run>/checkpoints/last.ckpt
+        run = path.parent.parent
+    else:
         return path.stem or "tinyllm"
-    run = path.parent
     if run.parent.parent.name == "multiruns":  # multiruns/<time>/<job>/best
         return f"{run.parent.name}-{run.name}"
     return run.name or "tinyllm"
@@ -124,6 +135,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tinyllm-serve: error: cannot listen on {args.host}:{args.port} ({e.strerror}): "
               "choose another --port or --host", file=sys.stderr)  # fmt: skip
         return 2
+    try:  # the batch's KV cache is allocated here
+        app = create_app(loaded, config)
+    except (RuntimeError, MemoryError) as e:
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        print(f"tinyllm-serve: error: cannot set up the model for {config.max_batch} requests "
+              f"at once ({text}): lower --max-batch", file=sys.stderr)  # fmt: skip
+        return 2
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"model: {model_summary(loaded)}", flush=True)
@@ -133,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: listening beyond this machine without --api-key: anyone who can reach "
               "it can use it", file=sys.stderr)  # fmt: skip
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
-    app = create_app(loaded, config)
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3)
     )
