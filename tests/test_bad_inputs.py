@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import ROOT, TINY_OVERRIDES, make_corpus, run_chat, write_unsafe_checkpoint
 
 from tinyllm.artifacts import ArtifactError, load_model
@@ -99,6 +100,12 @@ TRAIN_CASES = [
     ("absurd learning rate", ["training.learning_rate=1e6"], 1,
      "lower training.learning_rate (now 1000000.0)"),
 ]  # fmt: skip
+
+
+if not torch.cuda.is_available():  # a GPU config on a machine without one
+    TRAIN_CASES.append(("a GPU config without a GPU", ["trainer=gpu"], 2,
+                        "trainer.accelerator=gpu, but this machine has no CUDA GPU torch can use: "
+                        "train with trainer=cpu"))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

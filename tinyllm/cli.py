@@ -152,7 +152,7 @@ def eval_overrides(args: list[str]) -> list[str]:
     values for a key wins). The positional's and the flags' values are quoted: any path is taken
     as it is (an argument with `=` is an override unless it is a path that exists)."""
     parser = _OneLineParser(
-        prog="eval.py",
+        prog="tinyllm-eval" if Path(sys.argv[0]).name == "tinyllm-eval" else "eval.py",
         description="Loss, bits per character and perplexity of a saved model. Settings are "
         "tinyllm/configs/eval.yaml, composed by Hydra: KEY=VALUE overrides (model_path=, "
         "split=, json=, data.path=, ...) or the positional MODEL and the flags below.",

@@ -398,6 +398,17 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     return training
 
 
+def check_machine(cfg: DictConfig) -> None:
+    """What the config asks of this machine (`validate` checks the config alone): a GPU config
+    without a GPU stops here, before the corpus is prepared and the run's files written."""
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+    if accelerator in ("gpu", "cuda") and not trains_on_cuda(accelerator):
+        raise ConfigError(
+            f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU torch can use: "
+            "train with trainer=cpu (or trainer.accelerator=auto)"
+        )
+
+
 def print_config_tree(cfg: DictConfig) -> None:
     """The composed config as a Rich tree, one branch per top-level group."""
     import rich

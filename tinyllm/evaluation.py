@@ -104,7 +104,7 @@ def eval_config(overrides: Sequence[str] = (), **settings: object) -> DictConfig
         raise EvaluationError(_one_line(e)) from None
     if OmegaConf.is_missing(own, "model_path"):
         raise EvaluationError(
-            "give the model to evaluate: eval.py MODEL (or model_path=MODEL), a run folder, its "
+            "give the model to evaluate: MODEL (or model_path=MODEL), a run folder, its "
             "best/ folder or a .ckpt file"
         )
     if own.split is not None and own.split not in SPLITS:

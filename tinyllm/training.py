@@ -28,6 +28,7 @@ from tinyllm.callbacks import (
 from tinyllm.checkpointing import AtomicCheckpointIO, check_continues, verify_checkpoint
 from tinyllm.config import (
     ConfigError,
+    check_machine,
     parse_duration,
     print_config_tree,
     resolve_compile,
@@ -100,6 +101,7 @@ def build_model_config(model: DictConfig, vocab_size: int) -> ModelConfig:
 def train(cfg: DictConfig) -> float | None:
     """Train as configured; return the best monitored validation loss (for sweepers)."""
     validate(cfg)
+    check_machine(cfg)
     route_lightning_logs_to_root()
     output_dir = Path(cfg.paths.output_dir)
     # refuse untrusted pickles before Lightning reads the file

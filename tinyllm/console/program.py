@@ -32,8 +32,8 @@ so far as context."""
 EPILOG = """\
 MODEL is a run folder (its best/ is used), a best/ artifacts folder, or a Lightning .ckpt
 (read with weights_only=True). Without MODEL, the most recently written model under ./outputs/
-is used: the newest best/model.safetensors among outputs/runs/*/ and outputs/multiruns/*/*/
-(the folders train.py writes) by modification time, i.e. the best model of the latest run.
+is used: the newest best/ (by its metadata.json, written last) among outputs/runs/*/ and
+outputs/multiruns/*/*/ (the folders train.py writes), i.e. the best model of the latest run.
 Which model was loaded, its val loss and step are printed.
 
 Modes:
@@ -53,6 +53,9 @@ does not know are named and dropped.
 Exit status: 0 done; 2 no model at the path, a bad option, or nothing left of --prompt;
 130 interrupted (--prompt and pipe modes).
 """
+
+# the name the user typed: tinyllm-chat once installed, else chat.py
+PROG = "tinyllm-chat" if os.path.basename(sys.argv[0]) == "tinyllm-chat" else "chat.py"
 
 
 def _option(command: str, name: str):
@@ -82,7 +85,7 @@ def _threads(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="chat.py",
+        prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -130,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # a full disk, a closed stream
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            print(f"chat.py: error: cannot write the reply ({e.strerror or e})", file=sys.stderr)
+            print(f"{PROG}: error: cannot write the reply ({e.strerror or e})", file=sys.stderr)
         return 1
 
 
@@ -138,7 +141,7 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     closed = [name for name in ("stdin", "stdout") if getattr(sys, name) is None]
     if closed and (args.prompt is None or "stdout" in closed):  # `<&-` or `>&-`
-        print(f"chat.py: error: {' and '.join(closed)} closed: give the console a terminal, "
+        print(f"{PROG}: error: {' and '.join(closed)} closed: give the console a terminal, "
               "a pipe or a file", file=sys.stderr)  # fmt: skip
         return 2
     import torch
@@ -156,7 +159,7 @@ def _main(argv: list[str] | None) -> int:
         loaded = load_model(args.model, outputs_dir=args.outputs)
     except (ArtifactError, OSError) as e:
         text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"chat.py: error: {text}", file=sys.stderr)
+        print(f"{PROG}: error: {text}", file=sys.stderr)
         return 2
 
     settings, warning = settings_from_metadata(loaded.metadata)
