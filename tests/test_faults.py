@@ -35,29 +35,34 @@ from tinyllm import data
 def interrupted(*args, **kwargs):
     raise KeyboardInterrupt
 data.CharDataModule.prepare = interrupted
-sys.argv = [sys.argv[1], *sys.argv[2:]]
-if sys.argv[0].endswith("train.py"):
-    runpy.run_path(sys.argv[0], run_name="__main__")
-else:
-    from tinyllm.cli import prepare_entry
-    prepare_entry()
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def test_ctrl_c_while_the_corpus_is_prepared_is_one_line(tmp_path, corpus_file):
-    for command in ([str(ROOT / "train.py"), *TINY_OVERRIDES, f"hydra.run.dir={tmp_path}/run"],
-                    ["tinyllm-prepare", "--quiet"]):  # fmt: skip
-        result = subprocess.run(
-            [sys.executable, "-c", INTERRUPTED_PREPARATION, *command, f"data.path={corpus_file}",
-             f"paths.data_dir={tmp_path}/data"], capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        output = result.stdout + result.stderr
-        assert result.returncode == 130, output[-2000:]
-        assert "Traceback" not in output and "interrupted" in output
-        assert not (tmp_path / "run" / "checkpoints").exists()
+def test_ctrl_c_while_the_corpus_is_prepared_is_one_line(tmp_path, corpus_file, monkeypatch,
+                                                          capsys):  # fmt: skip
+    command = [str(ROOT / "train.py"), *TINY_OVERRIDES, f"hydra.run.dir={tmp_path}/run"]
+    result = subprocess.run(
+        [sys.executable, "-c", INTERRUPTED_PREPARATION, *command, f"data.path={corpus_file}",
+         f"paths.data_dir={tmp_path}/data"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output[-2000:]
+    assert "Traceback" not in output and "interrupted (Ctrl-C) before training started" in output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+    from tinyllm import data
+    from tinyllm.cli import prepare_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.CharDataModule, "prepare", interrupted)
+    assert prepare_main([f"data.path={corpus_file}", f"paths.data_dir={tmp_path}/data"]) == 130
+    assert capsys.readouterr().err == "interrupted: no token cache was written\n"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_checkpoint_and_artifacts_then_exits(tmp_path, corpus_file, signum, code):
     run = tmp_path / "run"
