@@ -135,6 +135,11 @@ def _fake_run(root: Path, name: str, overrides: list[str], age: float) -> Path:
     return run
 
 
+def _run_tail(run: Path) -> list[str]:
+    """What resume= ends the command line with: the run's folder, its checkpoint, the run."""
+    return [f"hydra.run.dir={run}", f"ckpt_path={run}/checkpoints/last.ckpt", f"resume={run}"]
+
+
 def test_resume_argv(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(CheckpointError, match="no run to resume under outputs/"):
@@ -148,8 +153,7 @@ def test_resume_argv(tmp_path, monkeypatch):
     rel = Path("outputs/runs/new")
     # saved overrides, then yours (which win), then the run's own folder and checkpoint
     assert argv == [
-        "train.py", "model=tiny", "data.path=a b.txt", "trainer.max_steps=50",
-        f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}",
+        "train.py", "model=tiny", "data.path=a b.txt", "trainer.max_steps=50", *_run_tail(rel)
     ]  # fmt: skip
     assert resolve_resume(str(old), "outputs") == (old, old / "checkpoints" / "last.ckpt")
     ckpt = old / "checkpoints" / "last.ckpt"
@@ -174,7 +178,7 @@ def test_resume_argv_keeps_deletions_once_and_the_runs_precision(tmp_path, monke
     rel = Path("outputs/runs/r")
     assert argv == [
         "train.py", "model=tiny", "trainer.precision=bf16-mixed", "~callbacks.sample_text",
-        f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}",
+        *_run_tail(rel),
     ]  # fmt: skip
     argv = resolve_resume_argv(["train.py", "trainer.precision=32-true", "resume=true"])
     assert [a for a in argv if "precision" in a] == ["trainer.precision=32-true"]
@@ -190,8 +194,7 @@ def test_resume_argv_keeps_the_runs_config_name_and_folder(tmp_path, monkeypatch
         "    - {path: tinyllm.configs, schema: pkg, provider: main}\n"
         "    - {path: /somewhere/my_configs, schema: file, provider: command-line}\n"
     )
-    rel = Path("outputs/runs/r")
-    tail = [f"hydra.run.dir={rel}", f"ckpt_path={rel}/checkpoints/last.ckpt", f"resume={rel}"]
+    tail = _run_tail(Path("outputs/runs/r"))
     argv = resolve_resume_argv(["train.py", "resume=true", "a=1"])
     assert argv == ["train.py", "--config-name", "my_train", "--config-dir",
                     "/somewhere/my_configs", "model=tiny", "a=1", *tail]  # fmt: skip
