@@ -21,6 +21,15 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _outside_the_repository(tmp_path_factory):
+    """Every test runs in a folder of its own (per worker): what a run leaves with the default
+    paths (outputs/, converted corpora, token caches under data/) goes there, not into the
+    repository's folders."""
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 # A tiny run of the real pipeline: small model, short context, a few dozen steps.
 TINY_OVERRIDES = [
     "model=tiny",
@@ -65,7 +74,7 @@ def corpus_file(tmp_path_factory) -> Path:
 
 
 def run_train(
-    *overrides: str, cwd: Path = ROOT, timeout: float = 300, env: dict | None = None
+    *overrides: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
     """`python train.py OVERRIDES` as a user would run it; output captured."""
     env = os.environ | {"PYTHONUNBUFFERED": "1", "HYDRA_FULL_ERROR": "0"} | (env or {})

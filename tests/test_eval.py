@@ -20,7 +20,7 @@ from tinyllm.evaluation import EvaluationError, eval_config, evaluate, evaluate_
 from tinyllm.model import ModelConfig, Transformer
 
 
-def run_eval(*args: str, cwd=ROOT) -> subprocess.CompletedProcess:
+def run_eval(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(ROOT / "eval.py"), *args],
         cwd=cwd, capture_output=True, text=True, timeout=120,

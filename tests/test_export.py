@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, make_corpus
+from conftest import make_corpus
 from safetensors.torch import load_file, save_file
 
 from tinyllm.artifacts import load_model, save_artifacts
@@ -498,7 +498,7 @@ def _run(*args: str, without_extra: bool = False) -> subprocess.CompletedProcess
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
     command = ["-c", WITHOUT_EXTRA] if without_extra else ["-m", "tinyllm.export"]
     return subprocess.run(
-        [sys.executable, *command, *args], cwd=ROOT, env=env,
+        [sys.executable, *command, *args], env=env,
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
 
