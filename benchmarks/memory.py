@@ -20,12 +20,13 @@ from benchmarks.common import QUICK, ROOT, bench_parser, report
 
 def peak_rss(corpus: str | None, overrides: list[str], steps: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="tinyllm-mem-") as run_dir:
-        command = [sys.executable, "-c", _WRAPPER, sys.executable, "train.py"]
+        # train.py as a user runs it, from the current folder (its data/ and token caches)
+        command = [sys.executable, "-c", _WRAPPER, sys.executable, str(ROOT / "train.py")]
         command += [f"trainer.max_steps={steps}", "print_config=false", f"hydra.run.dir={run_dir}"]
         if corpus:
             command.append(f"data.path={Path(corpus).resolve()}")
         command += [f"training.val_interval={max(1, steps // 2)}", *overrides]
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
             raise RuntimeError(f"train.py failed:\n{done.stderr[-2000:]}")
     kilobytes = int(done.stdout.strip().splitlines()[-1])
