@@ -246,12 +246,8 @@ def prepare_main(argv: list[str] | None = None) -> int:
         message = str(e.__cause__ or e).strip().splitlines()
         print(f"error: {message[0] if message else type(e).__name__}", file=sys.stderr)
         return 2
-    if prepared.folder is None:
-        print(
-            f"error: cannot write the token cache under {datamodule.cache_dir}: set "
-            "paths.data_dir (or data.cache_dir) to a writable folder",
-            file=sys.stderr,
-        )
+    if prepared.folder is None:  # the folder stopped being writable after the check
+        print(f"error: {_unwritable_cache(datamodule.cache_dir, 'not writable')}", file=sys.stderr)
         return 2
     print(
         f"prepared {datamodule.source}: {len(prepared.ids):,} tokens, vocabulary "
@@ -272,10 +268,14 @@ def _check_cache_dir(cache_dir: Path | None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as e:
-        raise CorpusError(
-            f"cannot write the token cache under {cache_dir} ({e.strerror or e}): set "
-            "paths.data_dir (or data.cache_dir) to a writable folder"
-        ) from None
+        raise _unwritable_cache(cache_dir, e.strerror or str(e)) from None
+
+
+def _unwritable_cache(cache_dir: Path | None, reason: str) -> CorpusError:
+    return CorpusError(
+        f"cannot write the token cache under {cache_dir} ({reason}): set paths.data_dir (or "
+        "data.cache_dir) to a writable folder"
+    )
 
 
 class _progress_bar:
@@ -498,9 +498,9 @@ def _config_flags(run: Path, flags: list[str]) -> list[str]:
     """`--config-name`/`--config-dir` as the run was started with them, unless given again:
     without them its saved overrides would be composed on another primary config."""
     try:
-        hydra_cfg = yaml.safe_load((run / ".hydra" / "hydra.yaml").read_text(encoding="utf-8"))
-        job, sources = hydra_cfg["hydra"]["job"], hydra_cfg["hydra"]["runtime"]["config_sources"]
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        hydra_cfg = _run_yaml(run / ".hydra" / "hydra.yaml")["hydra"]
+        job, sources = hydra_cfg["job"], hydra_cfg["runtime"]["config_sources"]
+    except (KeyError, TypeError):
         return []
     given = {f.split("=", 1)[0] for f in flags}
     added = []
@@ -516,8 +516,16 @@ def _trained_precision(run: Path) -> list[str]:
     """`trainer.precision=` as the run trained: `auto` measures the machine again at every
     start, and a resumed run must not switch between bf16 and fp32 half-way."""
     try:
-        saved = yaml.safe_load((run / RUN_CONFIG).read_text(encoding="utf-8"))
-        precision = saved["trainer"]["precision"]
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        precision = _run_yaml(run / RUN_CONFIG)["trainer"]["precision"]
+    except (KeyError, TypeError):
         return []
     return [f"trainer.precision={precision}"] if isinstance(precision, (str, int)) else []
+
+
+def _run_yaml(path: Path) -> object:
+    """A run's YAML file as data, or None where it is missing or damaged: what resume= takes
+    from it (config name and folder, precision) is then left to the command line."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None

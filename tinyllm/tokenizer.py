@@ -58,6 +58,7 @@ class CharacterDecoder:
 class CharacterTokenizer:
     kind = "chars"
     unit = "character"  # what one token is, as reports name it
+    vocab_unit = "characters"  # what the vocabulary counts
 
     def __init__(self, vocab: Iterable[str] = ()):
         self._set_vocab(list(vocab))
@@ -163,6 +164,7 @@ class ByteTokenizer:
 
     kind = "bytes"
     unit = "byte"
+    vocab_unit = "byte values"
     vocab_size = 256
 
     def fit(self, text: str) -> ByteTokenizer:

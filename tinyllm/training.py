@@ -14,6 +14,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from tinyllm.artifacts import TOKENIZER_FILE
@@ -142,7 +143,8 @@ def _train(
 
     best = next((c for c in trainer.callbacks if isinstance(c, BestArtifactsCallback)), None)
     if trainer.is_global_zero:
-        report(output_dir, best)
+        tensorboard = any(isinstance(lg, TensorBoardLogger) for lg in trainer.loggers)
+        report(output_dir, best, tensorboard)
     guard.raise_if_interrupted(trainer)
     return best_score(trainer)  # the value Hydra sweepers minimise
 
@@ -201,7 +203,7 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def report(output_dir: Path, best: BestArtifactsCallback | None) -> None:
+def report(output_dir: Path, best: BestArtifactsCallback | None, tensorboard: bool) -> None:
     if best is None:
         log.info("run finished; outputs in %s", _shown(output_dir))
         return
@@ -210,5 +212,5 @@ def report(output_dir: Path, best: BestArtifactsCallback | None) -> None:
     installed = Path(sys.argv[0]).name.startswith("tinyllm-")  # tinyllm-train, not train.py
     chat = "tinyllm-chat" if installed else "python chat.py"
     log.info("chat with it:   %s %s", chat, _shown(best.dirpath))
-    if (output_dir / "tensorboard").is_dir():  # logger=tensorboard (not csv, none, debug=fdr)
+    if tensorboard:  # logger=tensorboard (not csv, none, debug=fdr)
         log.info("watch curves:   tensorboard --logdir %s", _shown(output_dir))

@@ -72,12 +72,8 @@ def model_summary(loaded: LoadedModel) -> str:
     return (
         f"{loaded.path} (val loss {loss_text}, step {step if step is not None else 'n/a'}; "
         f"{loaded.model.num_parameters():,} parameters, context {config.context_length}, "
-        f"{loaded.tokenizer.vocab_size} {_token_unit(loaded.tokenizer)})"
+        f"{loaded.tokenizer.vocab_size} {loaded.tokenizer.vocab_unit})"
     )
-
-
-def _token_unit(tokenizer) -> str:
-    return "byte values" if getattr(tokenizer, "kind", "chars") == "bytes" else "characters"
 
 
 def settings_from_metadata(metadata: dict | None) -> tuple[SamplingSettings, str | None]:

@@ -133,7 +133,7 @@ A small {unit}-level transformer trained with tinyllm and exported to the stock
 | layers / heads / width | {config.n_layer} / {config.n_head} / {config.n_embd} |
 | context | {context} {unit}s |
 | parameters | {params:,} |
-| vocabulary | {config.vocab_size} {"byte values" if unit == "byte" else "characters"} |
+| vocabulary | {config.vocab_size} {tokenizer.vocab_unit} |
 | output head | {"tied to the token embedding" if config.tie_weights else "its own matrix"} |
 
 ## Data
