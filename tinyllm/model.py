@@ -121,17 +121,26 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, batch_size: int, device, dtype):
         shape = (config.n_layer, batch_size, config.n_head, config.context_length, config.head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.length = 0  # positions filled
+        self._hold(
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
         self.capacity = config.context_length
+
+    def _hold(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Keep (layer, B, H, L, D) keys and values, and each layer's view of them (an index
+        per decoded token and layer fewer)."""
+        self.keys, self.values = keys, values
+        self.layers = [(keys[i], values[i]) for i in range(keys.size(0))]  # not unbind: writable
+        self.length = 0  # positions filled
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Store the new positions' k, v (B, H, T, D); return all k, v up to and including them."""
+        keys, values = self.layers[layer]
         start, end = self.length, self.length + k.size(2)
-        self.keys[layer, :, :, start:end] = k
-        self.values[layer, :, :, start:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class SlotKVCache:
@@ -159,9 +168,7 @@ class SlotKVCache:
         if not 0 <= index < self.slots:
             raise IndexError(f"slot {index} outside [0, {self.slots})")
         view = KVCache.__new__(KVCache)
-        view.keys = self.keys[:, index : index + 1]
-        view.values = self.values[:, index : index + 1]
-        view.length = 0
+        view._hold(self.keys[:, index : index + 1], self.values[:, index : index + 1])
         view.capacity = self.capacity
         return view
 
@@ -191,7 +198,8 @@ class RMSNorm(nn.RMSNorm):
     weight would make torch skip its fused kernel (2x slower on a CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight.to(x.dtype), self.eps)
+        weight = self.weight if self.weight.dtype == x.dtype else self.weight.to(x.dtype)
+        return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
 class SequenceDropout(nn.Dropout):
@@ -242,13 +250,17 @@ class CausalSelfAttention(nn.Module):
         rope: Rope | None = None,
     ):
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        # (B, T, C) -> (B, H, T, D)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
+        H, D = self.n_head, C // self.n_head
+        # (B, T, 3C) -> (B, 3H, T, D): the heads of q, then of k, then of v
+        qkv = self.qkv(x).view(B, T, 3 * H, D).transpose(1, 2)
+        qk, v = qkv[:, : 2 * H], qkv[:, 2 * H :]
+        # q and k are normalised and rotated together: a decoded token pays per call, not per value
+        if self.q_norm is not None:  # (2H, 1, D): q_norm's weight for q's heads, k_norm's for k's
+            weight = torch.cat((self.q_norm.weight.expand(H, D), self.k_norm.weight.expand(H, D)))
+            qk = F.rms_norm(qk, (D,), eps=RMS_NORM_EPS) * weight[:, None].to(qk.dtype)
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            qk = apply_rotary(qk, *rope)
+        q, k = qk[:, :H], qk[:, H:]
         dropout = self.dropout if self.training else 0.0
         if isinstance(cache, SlotKVCache):  # one new position per row, rows at their own
             k, v = cache.update(layer, k, v)
@@ -265,8 +277,8 @@ class CausalSelfAttention(nn.Module):
             if T > 1:
                 mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.proj(y))
+        y = self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.resid_dropout(y) if self.training else y
 
 
 class MLP(nn.Module):
@@ -288,7 +300,8 @@ class MLP(nn.Module):
             h = F.relu(h).square()
         else:
             h = F.gelu(h)
-        return self.dropout(self.proj(h))
+        h = self.proj(h)
+        return self.dropout(h) if self.training else h
 
 
 class Block(nn.Module):
@@ -334,17 +347,21 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
 
 
 def rotary_tables(length: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of RoFormer's rotation angles, position x frequency: (length, head_dim / 2)."""
+    """RoFormer's rotation as two (length, head_dim) tables, position x frequency, each angle
+    in both halves of a head: (cos, cos) and (-sin, sin), the factors `apply_rotary` needs."""
     frequency = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    return _cos_sin(torch.arange(length, dtype=torch.float32)[:, None] * frequency)
+    cos, sin = _cos_sin(torch.arange(length, dtype=torch.float32)[:, None] * frequency)
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[i], x[i + D/2]) of every head by its position's angle: q.k then
-    depends on the positions only through their difference."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    depends on the positions only through their difference. With x = (x1, x2) the halves,
+    (x1 cos - x2 sin, x2 cos + x1 sin) = x * (cos, cos) + (x2, x1) * (-sin, sin): four
+    operations, which is what a decoded token pays for (bit-equal to the halves' formula)."""
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
 
 
 class Transformer(nn.Module):
@@ -409,7 +426,7 @@ class Transformer(nn.Module):
             x = x + self.position_table[start : start + T].to(x.dtype)
         else:
             rope = (self.rotary_cos[start : start + T], self.rotary_sin[start : start + T])
-        x = self.dropout(x)
+        x = self.dropout(x) if self.training else x
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, rope)
         if cache is not None:
@@ -450,7 +467,7 @@ class Transformer(nn.Module):
                 self.rotary_cos[positions][:, None, None],
                 self.rotary_sin[positions][:, None, None],
             )
-        x = self.dropout(x)
+        x = self.dropout(x) if self.training else x
         for layer, block in enumerate(self.blocks):
             x = block(x, cache, layer, rope)
         return self.lm_head(self.ln_f(x))[:, 0]
@@ -554,10 +571,10 @@ def sample_next_tokens(
     # shifted so the largest is 0: a tiny temperature then sends the others to -inf instead of
     # overflowing to inf (inf - inf is NaN in softmax); the top token keeps probability 1
     device = logits.device  # the settings' tensors go where the logits are (a GPU in training)
-    scale = torch.tensor(
-        [1.0 if g else float(t) for g, t in zip(greedy, temperatures, strict=True)], device=device
-    )
-    scaled = (logits - logits.amax(-1, keepdim=True)) / scale[:, None]
+    scales = [1.0 if g else float(t) for g, t in zip(greedy, temperatures, strict=True)]
+    # one number when the rows agree (a stream's one row): no tensor to build per token
+    scale = scales[0] if len(set(scales)) == 1 else torch.tensor(scales, device=device)[:, None]
+    scaled = (logits - logits.amax(-1, keepdim=True)) / scale
     vocab = logits.size(-1)
     ks = [k if 0 < k < vocab else vocab for k in top_ks]
     ps = [p if 0.0 < p < 1.0 else math.inf for p in top_ps]
