@@ -234,6 +234,27 @@ def test_reset_gives_the_same_reply_with_the_same_seed():
     assert console.conversation.endswith(without_reset)
 
 
+def test_a_lowercased_corpus_gives_a_model_that_reads_capitals_as_small_letters(
+    tmp_path, corpus_file
+):
+    """Trained on `data.lowercase=true` (one step), best/ says so, and the console lowercases
+    the prompt as the corpus was, instead of dropping every capital as unknown."""
+    from conftest import TINY_OVERRIDES, compose_config
+
+    from tinyllm.training import train
+
+    overrides = [*TINY_OVERRIDES, f"data.path={corpus_file}", "data.lowercase=true", "debug=fdr"]
+    train(compose_config(overrides, tmp_path / "run"))
+    loaded = load_model(tmp_path / "run")
+    assert loaded.lowercase and loaded.tokenizer.unknown_characters("ROMEO") == ["E", "M", "O", "R"]
+    out = io.StringIO()
+    settings = SamplingSettings(max_tokens=3, seed=0)
+    console = ChatConsole(loaded, settings, out=out, interactive=False)
+    assert console.reply("ROMEO:") is not None
+    assert "dropped" not in out.getvalue() and console.conversation.startswith("romeo:")
+    assert not tiny_loaded().lowercase  # a model of a corpus with capitals keeps them
+
+
 def test_unknown_characters_are_named_and_dropped():
     console, out = session(max_tokens=5, seed=0)
     assert console.reply("ROMEO@é:") is not None

@@ -284,6 +284,12 @@ def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
     assert "§" not in TEXT
     with pytest.raises(Exception, match="(?i)unk"):  # as in tinyllm: no silent replacement
         tok("§ is not in the vocabulary")
+    # a model of a lowercased corpus: prompts are lowercased, as tinyllm's chat and server do
+    lower = save_artifacts(tmp_path / "lower", tiny_model("learned", tie=True, bias=False),
+                           TOKENIZER, {"lowercase": True})  # fmt: skip
+    export(lower, tmp_path / "hf-lower")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "hf-lower", local_files_only=True)
+    assert tok("KING Lear:", add_special_tokens=False).input_ids == TOKENIZER.encode("king lear:")
 
 
 def test_generation_defaults_and_model_card(tmp_path):

@@ -292,6 +292,18 @@ def test_unknown_characters_are_dropped_and_named(client):
     assert reply.usage.prompt_tokens == len("ROMEO:")
 
 
+def test_a_model_of_a_lowercased_corpus_reads_capitals_as_small_letters(tmp_path):
+    tokenizer = CharacterTokenizer().fit(VOCAB.lower())
+    config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=16, n_layer=1, n_head=1,
+                         n_embd=8)  # fmt: skip
+    path = save_artifacts(tmp_path / "best", Transformer(config), tokenizer, {"lowercase": True})
+    with running(create_app(load_model(path), ServeConfig(model_id=MODEL_ID))) as base:
+        client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
+        reply = client.completions.create(model=MODEL_ID, prompt="ROMEO:", max_tokens=2)
+    assert reply.model_extra.get("dropped_characters") in (None, [])
+    assert reply.usage.prompt_tokens == len("romeo:")
+
+
 @pytest.mark.parametrize(
     ("body", "status", "fragment"),
     [

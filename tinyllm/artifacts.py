@@ -45,6 +45,11 @@ class LoadedModel:
     metadata: dict = field(default_factory=dict)
     path: Path | None = None
 
+    @property
+    def lowercase(self) -> bool:
+        """Whether the model's corpus was lowercased: prompts are then lowercased too."""
+        return bool(self.metadata.get("lowercase"))
+
 
 def _write_json(path: Path, data: dict) -> None:
     write_atomic(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
@@ -93,7 +98,8 @@ _CONFIG_TYPES = {"vocab_size": int, "context_length": int, "n_layer": int, "n_he
                  "tie_weights": bool}  # fmt: skip
 _METADATA_TYPES = {"val_loss": (int, float), "val_bpc": (int, float), "step": int, "epoch": int,
                    "train_loss": (int, float), "data_source": str, "created": str,
-                   "console": dict, "format": str, "version": int}  # fmt: skip
+                   "console": dict, "format": str, "version": int,
+                   "lowercase": bool}  # fmt: skip
 # console defaults: the limits SamplingSettings enforces (tinyllm/generation.py)
 _CONSOLE_RANGES = {"max_tokens": (int, 1, MAX_TOKENS), "temperature": ((int, float), 0,
                    MAX_TEMPERATURE), "top_k": (int, 0, MAX_TOP_K)}  # fmt: skip

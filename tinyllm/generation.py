@@ -111,8 +111,14 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def split_unknown(tokenizer: CharacterTokenizer, text: str) -> tuple[str, list[str]]:
-    """`text` without the characters the tokenizer lacks, and those characters (sorted, once)."""
+def split_unknown(
+    tokenizer: CharacterTokenizer, text: str, *, lowercase: bool = False
+) -> tuple[str, list[str]]:
+    """`text` without the characters the tokenizer lacks, and those characters (sorted, once).
+    `lowercase`: the model's corpus was lowercased (`data.lowercase`), so the text is too, as
+    its training text was: a capital is read as its small letter instead of being dropped."""
+    if lowercase:
+        text = text.lower()
     unknown = tokenizer.unknown_characters(text)
     if not unknown:
         return text, []

@@ -70,6 +70,8 @@ class BestArtifactsCallback(L.Callback):
             "epoch": trainer.current_epoch,
             "train_loss": float(metrics["train/loss"]) if "train/loss" in metrics else None,
             "data_source": getattr(trainer.datamodule, "source", None),
+            # prompts are cleaned as the corpus was (tinyllm.generation.split_unknown)
+            "lowercase": bool(getattr(trainer.datamodule, "lowercase", False)),
             "console": self.console,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

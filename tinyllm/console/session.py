@@ -260,7 +260,7 @@ class ChatConsole:
         if not text:
             self.say("the prompt is empty; type some text", "yellow")
             return ""
-        kept, dropped = split_unknown(self.loaded.tokenizer, text)
+        kept, dropped = split_unknown(self.loaded.tokenizer, text, lowercase=self.loaded.lowercase)
         if dropped:
             shown = ", ".join(repr(c) for c in dropped[:20])
             more = f" and {len(dropped) - 20} more" if len(dropped) > 20 else ""

@@ -41,7 +41,7 @@ def write_folder(loaded: LoadedModel, folder: Path, run_config: dict | None = No
     _write_json(folder / "config.json", hf_config(model.config, dtype, eps.pop()))
     context = model.config.context_length
     _write_json(folder / "generation_config.json", generation_config(console, context))
-    for name, data in tokenizer_files(loaded.tokenizer, context).items():
+    for name, data in tokenizer_files(loaded.tokenizer, context, loaded.lowercase).items():
         _write_json(folder / name, data)
     (folder / "README.md").write_text(model_card(loaded, run_config, console), encoding="utf-8")
 

@@ -15,7 +15,9 @@ def _character_tokenizer_json(tokenizer: CharacterTokenizer) -> dict:
         "truncation": None,
         "padding": None,
         "added_tokens": [],
-        "normalizer": None,  # no Unicode normalisation: the text reaches the model as written
+        # no Unicode normalisation: the text reaches the model as written (lowercased for a
+        # model of a lowercased corpus: tokenizer_files)
+        "normalizer": None,
         # every character (newlines included: [\s\S], not '.') is its own piece
         "pre_tokenizer": {
             "type": "Split",
@@ -91,8 +93,11 @@ def tokenizer_characters(tokenizer) -> str:
     return "".join(tokenizer.vocab)
 
 
-def tokenizer_files(tokenizer: object, context_length: int) -> dict[str, dict]:
-    """tokenizer.json (for PreTrainedTokenizerFast) and tokenizer_config.json."""
+def tokenizer_files(
+    tokenizer: object, context_length: int, lowercase: bool = False
+) -> dict[str, dict]:
+    """tokenizer.json (for PreTrainedTokenizerFast) and tokenizer_config.json. `lowercase`:
+    the model's corpus was lowercased, so its prompts are too (as tinyllm's chat and server do)."""
     writer = TOKENIZER_WRITERS.get(type(tokenizer))
     if writer is None:
         raise ExportError(
@@ -107,4 +112,7 @@ def tokenizer_files(tokenizer: object, context_length: int) -> dict[str, dict]:
         "add_bos_token": False,
         "add_eos_token": False,
     }
-    return {"tokenizer.json": writer(tokenizer), "tokenizer_config.json": config}
+    files = {"tokenizer.json": writer(tokenizer), "tokenizer_config.json": config}
+    if lowercase:
+        files["tokenizer.json"]["normalizer"] = {"type": "Lowercase"}
+    return files

@@ -308,7 +308,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             raise APIError(400, f"the prompt is {len(prompt):,} characters; this server takes at "
                            f"most {config.max_prompt_chars:,}", param,
                            "prompt_too_long")  # fmt: skip
-        kept, dropped = split_unknown(tokenizer, prompt)
+        kept, dropped = split_unknown(tokenizer, prompt, lowercase=loaded.lowercase)
         if not kept:
             what = "empty" if not prompt else "only characters the model does not know"
             raise APIError(400, f"the prompt is {what}: give at least one character of the "
