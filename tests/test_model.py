@@ -95,17 +95,14 @@ def test_position_tables_are_cos_and_sin_rounded_to_float32():
     cos, sin = rotary_tables(256, 64)
     frequency = 10000.0 ** (-torch.arange(0, 64, 2, dtype=torch.float32) / 64)
     angles = (torch.arange(256, dtype=torch.float32)[:, None] * frequency).tolist()
-    exact_cos = torch.tensor([[math.cos(a) for a in row] for row in angles])
-    exact_sin = torch.tensor([[math.sin(a) for a in row] for row in angles])
-    # each angle in both halves of a head: (cos, cos) and (-sin, sin)
-    assert torch.equal(cos, torch.cat((exact_cos, exact_cos), dim=1))
-    assert torch.equal(sin, torch.cat((-exact_sin, exact_sin), dim=1))
+    assert torch.equal(cos, torch.tensor([[math.cos(a) for a in row] for row in angles]))
+    assert torch.equal(sin, torch.tensor([[math.sin(a) for a in row] for row in angles]))
     table = sinusoidal_encoding(50, 7)  # odd width: one cos column fewer than sin columns
     assert table.shape == (50, 7)
     assert table[10, 0] == torch.tensor(math.sin(10.0)).float()  # frequency 1: angle 10
     assert table[10, 1] == torch.tensor(math.cos(10.0)).float()
     with torch.device("meta"):  # a size check builds the model without data
-        assert rotary_tables(10**9, 64)[0].shape == (10**9, 64)
+        assert rotary_tables(10**9, 64)[0].shape == (10**9, 32)
 
 
 def test_rotary_attention_depends_only_on_relative_position():
@@ -118,16 +115,6 @@ def test_rotary_attention_depends_only_on_relative_position():
     assert torch.allclose(score(5, 2), score(35, 32), atol=1e-5)
     assert not torch.allclose(score(5, 2), score(5, 4), atol=1e-3)
     assert not any("position" in name for name in build(positional="rotary").state_dict())
-
-
-def test_rotary_turns_each_pair_of_a_head_by_its_angle():
-    """The four-operation form is bit-equal to rotating (x[i], x[i + D/2]) by the angle."""
-    cos, sin = rotary_tables(40, 8)
-    x = torch.randn(2, 3, 40, 8)  # (B, H, T, D)
-    x1, x2 = x.chunk(2, dim=-1)
-    c, s = cos[:, :4], sin[:, 4:]  # the angles' cos and sin, once each
-    turned = torch.cat((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1)
-    assert torch.equal(apply_rotary(x, cos, sin), turned)
 
 
 def test_rotary_needs_an_even_head_size():

@@ -347,21 +347,17 @@ def sinusoidal_encoding(length: int, dim: int) -> torch.Tensor:
 
 
 def rotary_tables(length: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """RoFormer's rotation as two (length, head_dim) tables, position x frequency, each angle
-    in both halves of a head: (cos, cos) and (-sin, sin), the factors `apply_rotary` needs."""
+    """cos and sin of RoFormer's rotation angles, position x frequency: (length, head_dim / 2)."""
     frequency = 10000.0 ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    cos, sin = _cos_sin(torch.arange(length, dtype=torch.float32)[:, None] * frequency)
-    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
+    return _cos_sin(torch.arange(length, dtype=torch.float32)[:, None] * frequency)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate each pair (x[i], x[i + D/2]) of every head by its position's angle: q.k then
-    depends on the positions only through their difference. With x = (x1, x2) the halves,
-    (x1 cos - x2 sin, x2 cos + x1 sin) = x * (cos, cos) + (x2, x1) * (-sin, sin): four
-    operations, which is what a decoded token pays for (bit-equal to the halves' formula)."""
-    if cos.dtype != x.dtype:
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return x * cos + x.roll(x.size(-1) // 2, dims=-1) * sin
+    depends on the positions only through their difference."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 class Transformer(nn.Module):
