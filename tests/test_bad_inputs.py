@@ -3,6 +3,7 @@ no traceback, and nothing that a later `resume=true` or `chat.py` would pick up.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -106,6 +107,11 @@ if not torch.cuda.is_available():  # a GPU config on a machine without one
     TRAIN_CASES.append(("a GPU config without a GPU", ["trainer=gpu"], 2,
                         "trainer.accelerator=gpu, but this machine has no CUDA GPU torch can use: "
                         "train with trainer=cpu"))  # fmt: skip
+for _logger in ("mlflow", "wandb"):  # a logger whose package (our optional extra) is missing
+    if importlib.util.find_spec(_logger) is None:
+        TRAIN_CASES.append((f"logger={_logger} without its extra", [f"logger={_logger}"], 2,
+                            f'logger={_logger} needs {_logger}, which is not installed: '
+                            f'pip install -e ".[{_logger}]"'))  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from tinyllm.console import (
 )
 from tinyllm.generation import SamplingSettings, generate_text
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
 
 CHAT = str(ROOT / "chat.py")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b[()][0-9A-B]|\x1b[=>]")
@@ -204,6 +204,29 @@ def test_each_command_changes_its_setting():
     assert console.handle("/temp 1000") and console.settings.temperature == 0.3
     assert "out of range" in out.getvalue()
     assert console.handle("/quit") is False
+
+
+def test_help_and_settings_name_the_models_unit():
+    """/help says what one token of the loaded model is, as /settings does: a byte model's
+    /topk picks among bytes and /max counts bytes, not characters."""
+    for tokenizer, unit in ((CharacterTokenizer().fit(CORPUS), "character"),
+                            (ByteTokenizer(), "byte")):  # fmt: skip
+        config = ModelConfig(vocab_size=tokenizer.vocab_size, context_length=24, n_layer=1,
+                             n_head=2, n_embd=16)  # fmt: skip
+        loaded = LoadedModel(Transformer(config).eval(), tokenizer, {}, Path("tiny/best"))
+        out = io.StringIO()
+        console = ChatConsole(loaded, SamplingSettings(), out=out, interactive=False)
+        assert console.handle("/help") is True
+        helped = {line.split()[0]: line for line in out.getvalue().splitlines()[1:]}
+        assert helped["/temp"].endswith(f"(0: always the most likely {unit})")
+        assert f"the K most likely {unit}s" in helped["/topk"]
+        assert f"the most likely {unit}s holding P" in helped["/topp"]
+        assert f"at most N new {unit}s per reply" in helped["/max"]
+        assert "{unit}" not in out.getvalue()
+        if unit == "byte":
+            assert "character" not in out.getvalue()
+        console.handle("/settings")
+        assert f"the model sees the last 24 {unit}s" in out.getvalue()
 
 
 def test_the_conversation_is_the_context_and_reset_forgets_it():

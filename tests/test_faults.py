@@ -101,6 +101,70 @@ def test_signal_saves_checkpoint_and_artifacts_then_exits(tmp_path, corpus_file,
     assert not list((run / "checkpoints").glob(".*.tmp"))  # no half-written leftovers
 
 
+# A second Ctrl-C while the first one's step or validation is still running: train.py as a user
+# runs it, that step (or that validation) made long enough for the second Ctrl-C to land in it
+SLOW_AFTER_CTRL_C = """
+import runpy, sys, time
+from tinyllm.callbacks import FaultGuard
+from tinyllm.module import LanguageModel
+where = sys.argv.pop(1)
+def slowly(original, when):
+    def wrapped(self, *args, **kwargs):
+        callbacks = [self] if isinstance(self, FaultGuard) else self.trainer.callbacks
+        guard = next(c for c in callbacks if isinstance(c, FaultGuard))
+        if when(guard):
+            print("still busy after the first Ctrl-C", flush=True)
+            time.sleep(120)
+        return original(self, *args, **kwargs)
+    return wrapped
+if where == "step":
+    FaultGuard.on_train_batch_end = slowly(FaultGuard.on_train_batch_end,
+                                           lambda g: g.requested is not None)
+else:
+    LanguageModel.validation_step = slowly(LanguageModel.validation_step,
+                                           lambda g: g.stopped_by is not None)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("where", ["step", "validation"])
+def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(tmp_path, corpus_file, where):
+    """The first Ctrl-C finishes the step, validates and saves; a second one, during that step
+    or that validation, stops at once: exit 130 as the first (not Lightning's 1), one line
+    naming the checkpoint already on disk, no traceback."""
+    run = tmp_path / "run"
+    overrides = [*without(TINY_OVERRIDES, "trainer.max_steps"), "trainer.max_steps=100000",
+                 f"data.path={corpus_file}", f"hydra.run.dir={run}"]  # fmt: skip
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_AFTER_CTRL_C, where, str(ROOT / "train.py"), *overrides],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "sample at step 20 " in line:  # training is under way, a checkpoint saved
+                proc.send_signal(signal.SIGINT)
+            if "still busy after the first Ctrl-C" in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        output = "".join(lines) + proc.communicate(timeout=60)[0]
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 130, output[-3000:]
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
+    last = run / "checkpoints" / "last.ckpt"
+    stopped = [line for line in output.splitlines() if "stopped at once" in line]
+    assert len(stopped) == 1, output[-3000:]
+    assert f"the last checkpoint on disk is {last}" in stopped[0]
+    assert stopped[0].endswith("resume with:   python train.py resume=run")
+    assert "training interrupted by SIGINT" not in output  # nothing more was saved
+    assert load_ckpt(last)["global_step"] <= 20  # from a validation before the first Ctrl-C
+
+
 # --- kills during saves --------------------------------------------------------------------
 
 

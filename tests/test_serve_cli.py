@@ -27,6 +27,18 @@ def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
     )  # fmt: skip
 
 
+def wait_until_up(process: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
+        time.sleep(0.1)
+
+
 def test_the_command_prints_its_url_and_requires_the_api_key(tmp_path):
     save_tiny_model(tmp_path / "run")
     process = serve(str(tmp_path / "run"), "--port", "0", "--model-name", MODEL_ID,
@@ -36,15 +48,7 @@ def test_the_command_prints_its_url_and_requires_the_api_key(tmp_path):
         assert "val loss 4.1234" in lines[0] and "API key required" in lines[1]
         url = lines[2].split()[2]
         assert url.startswith("http://127.0.0.1:")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(url + "health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()
-            time.sleep(0.1)
+        wait_until_up(process, url)
         assert httpx.get(url).status_code == 200  # the page itself is public
         for key in (None, "wrong"):
             client = openai.OpenAI(base_url=url + "v1", api_key=key or "-", max_retries=0)
@@ -61,6 +65,23 @@ def test_the_command_prints_its_url_and_requires_the_api_key(tmp_path):
         _, stderr = process.communicate(timeout=20)
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_and_sigterm_stop_the_server_alike(tmp_path, stop):
+    """`kill` (a service manager's stop) ends the server as Ctrl-C does: uvicorn shuts down,
+    then one `stopped` line and exit 0, not a silent death by the signal (exit 143)."""
+    save_tiny_model(tmp_path / "run")
+    process = serve(str(tmp_path / "run"), "--port", "0")
+    try:
+        url = [process.stdout.readline() for _ in range(3)][2].split()[2]
+        wait_until_up(process, url)
+    finally:
+        process.send_signal(stop)
+        _, stderr = process.communicate(timeout=20)
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "tinyllm-serve: stopped"
 
 
 def test_bad_model_and_busy_port_get_one_line_and_exit_2(tmp_path):

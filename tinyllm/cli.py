@@ -37,7 +37,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
-from tinyllm.callbacks import NonFiniteLossError, TrainingInterrupted
+from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
 from tinyllm.checkpointing import CHECKPOINT_DIR, CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
@@ -70,6 +70,9 @@ def _train_app(cfg: DictConfig) -> float | None:
     ) as e:  # Ctrl-C or SIGTERM: saved, then stopped (tinyllm/callbacks/fault_guard.py)
         log.warning("%s", e)
         log.warning("resume with:   %s", e.command)
+        sys.exit(e.exit_code)
+    except StoppedAtOnce as e:  # a second Ctrl-C: nothing more saved (fault_guard.py)
+        log.warning("%s", e)
         sys.exit(e.exit_code)
     except NonFiniteLossError as e:
         log.error("%s", e)

@@ -7,6 +7,7 @@ may be. `validate` turns every mistake into one `ConfigError` line that names th
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass, field
@@ -125,7 +126,6 @@ def trains_on_cuda(accelerator: str) -> bool:
 def compiler_missing(accelerator: str) -> str | None:
     """Why torch.compile cannot run here, or None: inductor needs Triton on a GPU and a C++
     compiler on the CPU."""
-    import importlib.util
     import os
     import shutil
 
@@ -398,15 +398,30 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     return training
 
 
+# Lightning loggers whose package is one of our optional extras (pyproject.toml): the logger's
+# class → (the package it imports, the extra that installs it)
+LOGGER_EXTRAS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb")}
+
+
 def check_machine(cfg: DictConfig) -> None:
     """What the config asks of this machine (`validate` checks the config alone): a GPU config
-    without a GPU stops here, before the corpus is prepared and the run's files written."""
+    without a GPU, or a logger without its package, stops here, before the corpus is prepared
+    and the run's files written."""
+
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     if accelerator in ("gpu", "cuda") and not trains_on_cuda(accelerator):
         raise ConfigError(
             f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU torch can use: "
             "train with trainer=cpu (or trainer.accelerator=auto)"
         )
+    for name, entry in (cfg.get("logger") or {}).items():
+        target = str(entry["_target_"]) if entry and "_target_" in entry else ""
+        package, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger={name} needs {package}, which is not installed: "
+                f'pip install -e ".[{extra}]" (or choose another logger=)'
+            )
 
 
 def print_config_tree(cfg: DictConfig) -> None:

@@ -14,7 +14,12 @@ Always on (tinyllm/training.py adds them: they are promises of every run):
 """
 
 from tinyllm.callbacks.best_artifacts import BestArtifactsCallback, best_score
-from tinyllm.callbacks.fault_guard import FaultGuard, NonFiniteLossError, TrainingInterrupted
+from tinyllm.callbacks.fault_guard import (
+    FaultGuard,
+    NonFiniteLossError,
+    StoppedAtOnce,
+    TrainingInterrupted,
+)
 from tinyllm.callbacks.progress_bar import ProgressBar
 from tinyllm.callbacks.sample_text import SampleTextCallback
 from tinyllm.callbacks.tensorboard_extras import TensorBoardExtras
@@ -28,6 +33,7 @@ __all__ = [
     "NonFiniteLossError",
     "ProgressBar",
     "SampleTextCallback",
+    "StoppedAtOnce",
     "TensorBoardExtras",
     "TimeBudget",
     "TrainingInterrupted",

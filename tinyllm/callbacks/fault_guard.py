@@ -6,8 +6,8 @@
   (as every run does at its end), `<run>/checkpoints/last.ckpt` is saved (atomically), the best
   artifacts are written if no validation has written them yet, one line tells how to resume,
   and `TrainingInterrupted` ends the run (train.py exits 130 or 143, without a traceback).
-  A second Ctrl-C stops at once (Lightning's own KeyboardInterrupt handling), keeping the last
-  checkpoint already on disk.
+  A second Ctrl-C (during that step or that validation) stops at once with `StoppedAtOnce`
+  (train.py exits 130, one line naming the last checkpoint already on disk).
 * A NaN or infinite training loss (checked before it is back-propagated, so the weights never
   take the bad step) raises `NonFiniteLossError`: nothing more is saved, so the best artifacts
   and checkpoints from before stay as they were. (A non-finite validation loss stops the run
@@ -45,6 +45,14 @@ class TrainingInterrupted(Exception):
         self.command = command
 
 
+class StoppedAtOnce(BaseException):
+    """A second Ctrl-C: training stopped without saving more; train.py exits 130. A BaseException,
+    as KeyboardInterrupt, so no `except Exception` on its way swallows it; not a
+    KeyboardInterrupt, which Lightning (2.6) turns into `sys.exit(1)`."""
+
+    exit_code = 130
+
+
 class NonFiniteLossError(Exception):
     """The loss became NaN or infinite; the message says what to change."""
 
@@ -61,8 +69,9 @@ class FaultGuard(L.Callback):
     # --- signals ------------------------------------------------------------------------------
 
     def _handle(self, signum, frame) -> None:
-        if self.requested is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # second Ctrl-C: stop now
+        stopping = self.requested is not None or self.stopped_by is not None
+        if stopping and signum == signal.SIGINT:  # second Ctrl-C: stop now
+            raise StoppedAtOnce("stopped at once (Ctrl-C twice)")
         self.requested = signum
         log.warning(
             "%s received: saving a checkpoint after this step and a validation "
@@ -122,11 +131,18 @@ class FaultGuard(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_signals()
-        if isinstance(exception, KeyboardInterrupt) and trainer.is_global_zero:
-            last = self._last_checkpoint_path(trainer)
-            if last is not None and last.is_file():
-                log.error("stopped at once; the last checkpoint on disk is %s", last)
-                log.error("resume with:   %s", resume_command(self.run_dir))
+        if not isinstance(exception, (StoppedAtOnce, KeyboardInterrupt)):
+            return
+        last = self._last_checkpoint_path(trainer)
+        kept = "no checkpoint was saved"
+        if last is not None and last.is_file():
+            kept = f"the last checkpoint on disk is {last}; resume with:   "
+            kept += resume_command(self.run_dir)
+        if isinstance(exception, StoppedAtOnce):  # the one line train.py prints
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # as Lightning: a third Ctrl-C must not
+            exception.args = (f"stopped at once (Ctrl-C twice): {kept}",)  # break the teardown
+        elif trainer.is_global_zero:  # Ctrl-C before our handlers (Lightning exits 1)
+            log.error("stopped at once: %s", kept)
 
     def _last_checkpoint_path(self, trainer) -> Path | None:
         if self.checkpoint_dir is not None:

@@ -19,14 +19,14 @@ from tinyllm.generation import MAX_SEED, MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 MAX_STOP_LENGTH = 200
 _MAX_NUMBER_TEXT = 40  # longer "numbers" are refused before parsing
 
-# name: (argument shown in /help, what it does)
+# name: (argument shown in /help, what it does); {unit} is what one token of the model is
 COMMANDS: dict[str, tuple[str, str]] = {
     "help": ("", "show this help"),
-    "temp": ("X", "temperature, 0 to 100 (0: always the most likely character)"),
-    "topk": ("K", "sample from the K most likely characters (0 or off: all)"),
-    "topp": ("P", "sample from the most likely characters holding P of the mass, 0 < P <= 1 "
+    "temp": ("X", "temperature, 0 to 100 (0: always the most likely {unit})"),
+    "topk": ("K", "sample from the K most likely {unit}s (0 or off: all)"),
+    "topp": ("P", "sample from the most likely {unit}s holding P of the mass, 0 < P <= 1 "
                   "(1 or off: all)"),
-    "max": ("N", f"at most N new characters per reply, 1 to {MAX_TOKENS}"),
+    "max": ("N", f"at most N new {{unit}}s per reply, 1 to {MAX_TOKENS}"),
     "seed": ("N|off", "seed every reply (same context and seed, same text); off: random"),
     "stop": ("TEXT|off", r"end a reply when the model writes TEXT (not shown); \n \t \\ "
                          r'understood (/stop \n\n: at a blank line); quote spaces: /stop " "'),
@@ -228,10 +228,11 @@ def describe_stop(stop: str | None) -> str:
     return "off" if not stop else repr(stop)
 
 
-def help_text() -> str:
-    """What /help shows: every command, its argument and what it does."""
+def help_text(unit: str = "character") -> str:
+    """What /help shows: every command, its argument and what it does, in the model's `unit`
+    (its tokenizer's: character or byte)."""
     lines = ["commands:"]
     for name, (argument, text) in COMMANDS.items():
-        lines.append(f"  /{name} {argument}".ljust(18) + text)
+        lines.append(f"  /{name} {argument}".ljust(18) + text.replace("{unit}", unit))
     lines.append("  //TEXT".ljust(18) + "a prompt that starts with /")
     return "\n".join(lines)

@@ -99,19 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="where runs live (default: $TINYLLM_OUTPUTS, else outputs/), as paths.log_dir")
     add("--prompt", "-p", metavar="TEXT", help="continue TEXT once, print it and exit")
     add("--max-tokens", "-n", type=_option("max", "max-tokens"), metavar="N",
-        help=f"new characters per reply, 1 to {MAX_TOKENS}")
+        help=f"new tokens per reply, 1 to {MAX_TOKENS} (a token is a character, or a byte for "
+             "a model with the bytes tokenizer)")
     add("--temperature", "-t", type=_option("temp", "temperature"), metavar="X",
         help=f"0 (greedy) to {MAX_TEMPERATURE:g}")
     add("--top-k", "-k", type=_option("topk", "top-k"), metavar="K",
-        help="only the K most likely characters (0 or off: all)")
+        help="only the K most likely tokens (0 or off: all)")
     add("--top-p", type=_option("topp", "top-p"), metavar="P",
-        help="only the most likely characters holding P of the probability, 0 < P <= 1")
+        help="only the most likely tokens holding P of the probability, 0 < P <= 1")
     add("--seed", "-s", type=_option("seed", "seed"), metavar="N",
         help="seed every reply: the same prompt and seed give the same text")
     add("--stop", type=_option("stop", "stop"), metavar="TEXT",
         help=r"end a reply when the model writes TEXT (not printed); \n, \t, \\ understood")
     add("--threads", type=_threads, metavar="N",
-        help="CPU threads (default 1, or OMP_NUM_THREADS: one character at a time of a small "
+        help="CPU threads (default 1, or OMP_NUM_THREADS: one token at a time of a small "
              "model is fastest on one thread, and far faster than several on a busy machine)")
     # fmt: on
     return parser

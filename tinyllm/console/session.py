@@ -176,7 +176,7 @@ class ChatConsole:
         )
 
     def show_help(self) -> None:
-        self.say(help_text())
+        self.say(help_text(self.loaded.tokenizer.unit))
 
     def show_settings(self) -> None:
         rows = settings_rows(self.settings) + [

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -154,10 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3)
     )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn shuts down, then re-raises Ctrl-C
+    # uvicorn shuts down on Ctrl-C or SIGTERM (`kill`), then re-raises the signal to the handler
+    # it found: Ctrl-C's KeyboardInterrupt, and SIGTERM made one, so both stop alike (exit 0)
+    signal.signal(signal.SIGTERM, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     print("tinyllm-serve: stopped", file=sys.stderr)
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _is_loopback(host: str) -> bool:
