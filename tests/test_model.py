@@ -324,3 +324,33 @@ def test_a_batch_samples_each_seeded_row_as_it_would_alone():
     }
     assert {t for t, _ in unseeded} == set(logits[0].topk(2).indices.tolist())
     assert {g for _, g in unseeded} == {int(logits[1].argmax())}
+
+
+def test_decoding_steps_run_without_onednn_and_give_it_back_between_tokens(monkeypatch):
+    """oneDNN's GELU costs a decoded token more than the GELU itself: each decoding step runs
+    without it, and the process-wide switch is back on whenever the stream yields a token."""
+    import torch.nn.functional as F
+
+    inside = []
+    gelu = F.gelu
+
+    def recording_gelu(x, *args, **kwargs):
+        inside.append(torch.backends.mkldnn.enabled)
+        return gelu(x, *args, **kwargs)
+
+    monkeypatch.setattr(F, "gelu", recording_gelu)
+    model = build(mlp="gelu")
+    tokens = model.stream([1, 2, 3], 20)
+    for _ in range(20):
+        next(tokens)
+        assert torch.backends.mkldnn.enabled  # between tokens: as the caller had it
+    assert len(inside) == 20 * 2 and not any(inside)  # 20 steps of 2 layers, all without it
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 needs oneDNN: it keeps it
+        inside.clear()
+        model.generate([1, 2, 3], 2)
+        assert inside and all(inside)
+    cache = model.new_slot_cache(2)
+    inside.clear()
+    with torch.inference_mode():  # the server's batched step too
+        model.decode(torch.tensor([1, 2]), torch.tensor([0, 0]), cache)
+    assert inside == [False, False] and torch.backends.mkldnn.enabled

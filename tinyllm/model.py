@@ -12,6 +12,7 @@ batched decoding of tinyllm.generation.BatchDecoder); both sample with `sample_n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -360,6 +361,27 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
+@contextlib.contextmanager
+def without_onednn(weight: torch.Tensor) -> Iterator[None]:
+    """Run a decoding step of a float32 CPU model without oneDNN. On one position's values its
+    fixed cost per call is most of the work: its GELU takes ~9 us where torch's own kernel takes
+    1.5 (torch 2.13), and a GELU model decodes ~15% faster without it. Set per forward call, never
+    across a `yield`, since the switch is process-wide; bf16 needs oneDNN, so it keeps it."""
+    if (
+        weight.device.type != "cpu"
+        or weight.dtype != torch.float32
+        or torch.is_autocast_enabled("cpu")
+        or not torch.backends.mkldnn.enabled
+    ):
+        yield
+        return
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = True
+
+
 class Transformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -464,8 +486,9 @@ class Transformer(nn.Module):
                 self.rotary_sin[positions][:, None, None],
             )
         x = self.dropout(x) if self.training else x
-        for layer, block in enumerate(self.blocks):
-            x = block(x, cache, layer, rope)
+        with without_onednn(self.token_embedding.weight):
+            for layer, block in enumerate(self.blocks):
+                x = block(x, cache, layer, rope)
         return self.lm_head(self.ln_f(x))[:, 0]
 
     @torch.inference_mode()
@@ -500,10 +523,11 @@ class Transformer(nn.Module):
             cache = self.new_cache() if use_cache else None
             fresh = window  # tokens the cache has not seen yet
             for _ in range(max_new_tokens):
-                if cache is None:
-                    logits = self(torch.tensor([window], device=device))
-                else:
-                    logits = self(torch.tensor([fresh], device=device), cache)
+                with without_onednn(self.token_embedding.weight):
+                    if cache is None:
+                        logits = self(torch.tensor([window], device=device))
+                    else:
+                        logits = self(torch.tensor([fresh], device=device), cache)
                 token = sample_next_token(logits[0, -1], temperature, top_k, top_p, generator)
                 yield token
                 if len(window) == window_size:
