@@ -375,6 +375,17 @@ def test_folder_and_glob_concatenate_files_in_sorted_order(tmp_path):
     assert dm.load_text() == text  # evaluation reads the same corpus
 
 
+def test_a_folder_follows_linked_sub_folders_once_each(tmp_path):
+    books, elsewhere = tmp_path / "books", tmp_path / "elsewhere"
+    write(books / "a.txt", "first\n")
+    write(elsewhere / "b.txt", "linked in\n")
+    (books / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (books / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder twice
+    (books / "sub").mkdir()
+    (books / "sub" / "up").symlink_to(books, target_is_directory=True)  # a loop
+    assert corpus_files(books) == [books / "a.txt", books / "again" / "b.txt"]
+
+
 def test_glob_matching_nothing_and_bad_files_in_a_folder_say_which(tmp_path):
     books = tmp_path / "books"
     books.mkdir()

@@ -332,11 +332,7 @@ def corpus_files(path: str | Path) -> list[Path]:
         return files
     folder = Path(text)
     if folder.is_dir():
-        files = sorted(
-            p
-            for p in folder.rglob("*")
-            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
+        files = _folder_files(folder)
         if not files:
             raise CorpusError(
                 f"corpus folder {shown} holds no files (put text files in it or point data.path "
@@ -346,6 +342,22 @@ def corpus_files(path: str | Path) -> list[Path]:
     if not folder.exists():
         raise CorpusError(f"corpus file not found: {shown} (check data.path)")
     return [folder]  # a file; iter_text_file reports it if it is unreadable
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """Every file under `folder`, sorted, hidden ones skipped. Linked sub-folders are followed,
+    as a `**` glob follows them, each real folder once: a link back up does not loop, and a
+    folder linked twice is read under the first of its names in sorted order."""
+    files, seen = [], set()
+    for root, folders, names in os.walk(folder, followlinks=True):
+        real = os.stat(root)
+        if (real.st_dev, real.st_ino) in seen:
+            folders[:] = []
+            continue
+        seen.add((real.st_dev, real.st_ino))
+        folders[:] = sorted(f for f in folders if not f.startswith("."))  # walked in this order
+        files += [Path(root, n) for n in names if not n.startswith(".")]
+    return sorted(p for p in files if p.is_file())
 
 
 def iter_corpus_text(
