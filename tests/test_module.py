@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from itertools import pairwise
 
 import lightning as L
@@ -250,3 +251,23 @@ def test_muon_momentum_warms_up_then_holds(datamodule):
         callbacks=[momenta],
     ).fit(module, datamodule=datamodule)  # fmt: skip
     assert momenta.seen == pytest.approx([0.85 + 0.01 * step for step in range(10)] + [0.95] * 2)
+
+
+def test_tokens_per_second_measure_the_step_not_the_callbacks_after_it(datamodule):
+    """A callback's work at the end of a batch (a text sample, a checkpoint) runs before the
+    module's on_train_batch_end: it must not count as the step's time."""
+
+    class SlowAfterTheStep(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            time.sleep(0.25)
+
+    module = LanguageModel(tiny_model_config(datamodule.tokenizer.vocab_size))
+    trainer = L.Trainer(
+        max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        log_every_n_steps=1, callbacks=[SlowAfterTheStep()],
+    )  # fmt: skip
+    trainer.fit(module, datamodule=datamodule)
+    tokens = 16 * 32  # batch x context
+    # with the sleep counted it would be at most tokens / 0.25 = 2,048; a step takes milliseconds
+    assert float(trainer.callback_metrics["train/tokens_per_sec"]) > 4 * tokens / 0.25

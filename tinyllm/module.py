@@ -156,6 +156,7 @@ class LanguageModel(L.LightningModule):
             self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay))
             self.ema.requires_grad_(False)
         self._batch_started: float | None = None
+        self._batch_seconds: float | None = None  # the last batch's, to its optimizer step
         self._loss_logged_at = float("-inf")
         # the learning-rate plan: made in configure_optimizers, or restored from a checkpoint
         self.lr_plan: LRPlan | None = None
@@ -239,14 +240,20 @@ class LanguageModel(L.LightningModule):
         share = min(1.0, step / hp.muon_momentum_warmup)
         return start + share * (hp.muon_momentum - start)
 
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # the step's time ends here: the callbacks' work after it (a text sample, a checkpoint,
+        # which run before this module's on_train_batch_end) is not the step's throughput
+        if self._batch_started is not None:
+            self._batch_seconds = time.perf_counter() - self._batch_started
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        if self._batch_started is None or not self._writes_logs(stepped=True):
+        if self._batch_seconds is None or not self._writes_logs(stepped=True):
             return
-        seconds = time.perf_counter() - self._batch_started
         tokens = batch[0].numel() * self.trainer.world_size
-        self.log("train/tokens_per_sec", tokens / max(seconds, 1e-9), prog_bar=True)
+        self.log("train/tokens_per_sec", tokens / max(self._batch_seconds, 1e-9), prog_bar=True)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if not self._writes_logs():  # a norm per parameter per step slows small models
