@@ -7,9 +7,14 @@ from collections.abc import Callable
 from tinyllm.export.architectures import ExportError
 from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
 
+# every character (newlines included: [\s\S], not '.') is its own piece
+EACH_CHARACTER = {"type": "Split", "pattern": {"Regex": "[\\s\\S]"}, "behavior": "Isolated",
+                  "invert": False}  # fmt: skip
 
-def _character_tokenizer_json(tokenizer: CharacterTokenizer) -> dict:
-    """A `tokenizers` WordLevel model over single characters: one token per character, our ids."""
+
+def _word_level_json(vocab: dict[str, int], pre_tokenizer: dict, decoder: dict) -> dict:
+    """A `tokenizers` WordLevel tokenizer: `pre_tokenizer` cuts the text into pieces, each piece
+    is a token of `vocab`, `decoder` joins them back into text."""
     return {
         "version": "1.0",
         "truncation": None,
@@ -18,22 +23,18 @@ def _character_tokenizer_json(tokenizer: CharacterTokenizer) -> dict:
         # no Unicode normalisation: the text reaches the model as written (lowercased for a
         # model of a lowercased corpus: tokenizer_files)
         "normalizer": None,
-        # every character (newlines included: [\s\S], not '.') is its own piece
-        "pre_tokenizer": {
-            "type": "Split",
-            "pattern": {"Regex": "[\\s\\S]"},
-            "behavior": "Isolated",
-            "invert": False,
-        },
+        "pre_tokenizer": pre_tokenizer,
         "post_processor": None,
-        "decoder": {"type": "Fuse"},  # join the pieces without spaces
-        "model": {
-            "type": "WordLevel",
-            "vocab": {character: i for i, character in enumerate(tokenizer.vocab)},
-            # not in the vocabulary: a character the model never saw is an error, as in tinyllm
-            "unk_token": "<unk>",
-        },
+        "decoder": decoder,
+        # not in the vocabulary: a character the model never saw is an error, as in tinyllm
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"},
     }
+
+
+def _character_tokenizer_json(tokenizer: CharacterTokenizer) -> dict:
+    """One token per character, our ids; the pieces are joined without spaces (Fuse)."""
+    vocab = {character: i for i, character in enumerate(tokenizer.vocab)}
+    return _word_level_json(vocab, EACH_CHARACTER, {"type": "Fuse"})
 
 
 def byte_symbols() -> list[str]:
@@ -50,32 +51,10 @@ def _byte_tokenizer_json(tokenizer: ByteTokenizer) -> dict:
     """UTF-8 bytes as tokens, id = byte value: ByteLevel maps text to one symbol per byte, each
     symbol is a token, and the ByteLevel decoder turns the symbols back into bytes and text."""
     byte_level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    return {
-        "version": "1.0",
-        "truncation": None,
-        "padding": None,
-        "added_tokens": [],
-        "normalizer": None,
-        "pre_tokenizer": {
-            "type": "Sequence",
-            "pretokenizers": [
-                {"type": "ByteLevel", **byte_level},
-                {
-                    "type": "Split",
-                    "pattern": {"Regex": "[\\s\\S]"},
-                    "behavior": "Isolated",
-                    "invert": False,
-                },
-            ],
-        },  # fmt: skip
-        "post_processor": None,
-        "decoder": {"type": "ByteLevel", **byte_level},
-        "model": {
-            "type": "WordLevel",
-            "vocab": {symbol: i for i, symbol in enumerate(byte_symbols())},
-            "unk_token": "<unk>",
-        },
-    }
+    pieces = [{"type": "ByteLevel", **byte_level}, EACH_CHARACTER]
+    pre_tokenizer = {"type": "Sequence", "pretokenizers": pieces}
+    vocab = {symbol: i for i, symbol in enumerate(byte_symbols())}
+    return _word_level_json(vocab, pre_tokenizer, {"type": "ByteLevel", **byte_level})
 
 
 # One writer per tokenizer kind.
