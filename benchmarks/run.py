@@ -7,7 +7,9 @@ all figures also to `<out>.json`. `--quick` runs a few steps of each (the smoke 
 picks benchmarks; `--train` first runs the final training runs of benchmarks/recipe.py (the tuned
 recipe and nanoGPT's, ~15 minutes on 2 cores) and `--runs` (default with `--train`: those runs)
 adds their validation-loss-versus-time plot (`--only learning --runs ...`: that plot alone). With
-`--only`, the other benchmarks' figures are kept from the previous `<out>.json`.
+`--only`, the other benchmarks' figures are kept from the previous `<out>.json`, and the figures a
+re-run replaces stay in its table as "earlier" rows (the last three of each), so nothing measured
+is lost from the report.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from benchmarks.common import machine, markdown_table
 from tinyllm.io import write_marked_section
 
 BENCHMARKS = ("overhead", "generation", "data", "utilisation", "memory", "switches")
+HISTORY = ("overhead", "generation", "data")  # tables that keep a re-run's earlier figures
+KEEP_EARLIER = 3
 BEGIN, END = "<!-- generated: begin -->", "<!-- generated: end -->"
 
 # targets of issue 6
@@ -79,6 +83,49 @@ def shape_of(model: dict) -> str:
     return f"{model['n_layer']}x{model['n_head']}x{model['n_embd']}, ctx {model['context_length']}"
 
 
+def overhead_rows(overhead: dict) -> list[list]:
+    rows = []
+    for name, r in overhead.items():
+        shape = f"{shape_of(r['model'])}, batch {r['batch_size']}, {r['precision']}"
+        ratio = f"{r['ratio']:.3f} ({verdict(r['ratio'] >= 0.95)})"
+        rows.append([name, shape, f"{r['lightning_tokens_per_s']:,.0f}",
+                     f"{r['plain_tokens_per_s']:,.0f}", ratio])  # fmt: skip
+    return rows
+
+
+def generation_rows(generation: dict) -> list[list]:
+    rows = []
+    for name, r in generation.items():
+        # the targets: >= 5x re-computation on the default model, >= 5x nanoGPT's sample.py
+        # on a model of nanoGPT's CPU size; the other cells are reported without a verdict
+        vs_nanogpt = r["cache_chars_per_s"] / NANOGPT_SAMPLE_CHARS_PER_S
+        speedup = f"{r['speedup']:.1f}x"
+        if name == "default":
+            speedup += f" ({verdict(r['speedup'] >= 5)})"
+        vs_nanogpt = f"{vs_nanogpt:.1f}x" + (
+            f" ({verdict(vs_nanogpt >= 5)})" if name == "nanogpt_cpu" else ""
+        )
+        rows.append([name, shape_of(r["model"]), f"{r['cache_chars_per_s']:,.0f}",
+                     f"{r['recompute_chars_per_s']:,.0f}", speedup, vs_nanogpt])  # fmt: skip
+    return rows
+
+
+def data_rows(r: dict) -> list[list]:
+    return [[f"{r['batch_size']} x {r['context']}", r["num_workers"],
+             f"{r['loader_batches_per_s']:,.0f}", f"{r['train_steps_per_s']:,.2f}",
+             f"{r['ratio']:,.0f}x ({verdict(r['ratio'] >= 20)})"]]  # fmt: skip
+
+
+def with_earlier(results: dict, name: str, rows_of) -> list[list]:
+    """The table's rows for the latest figures, then those a partial re-run replaced (newest
+    first), their first cell saying when they were measured."""
+    rows = rows_of(results[name])
+    for earlier in results.get("earlier", {}).get(name, []):
+        for row in rows_of(earlier[name]):
+            rows.append([f"earlier ({earlier['measured']}): {row[0]}", *row[1:]])
+    return rows
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     parts = [
@@ -89,19 +136,7 @@ def render(results: dict) -> str:
         + "".join(f" Then {rerun}." for rerun in results.get("reruns", []))
     ]
     if "overhead" in results:
-        rows = []
-        for name, r in results["overhead"].items():
-            model = r["model"]
-            shape = f"{shape_of(model)}, batch {r['batch_size']}, {r['precision']}"
-            rows.append(
-                [
-                    name,
-                    shape,
-                    f"{r['lightning_tokens_per_s']:,.0f}",
-                    f"{r['plain_tokens_per_s']:,.0f}",
-                    f"{r['ratio']:.3f} ({verdict(r['ratio'] >= 0.95)})",
-                ]
-            )
+        rows = with_earlier(results, "overhead", overhead_rows)
         parts.append(
             "### Framework overhead (tokens/s, median of interleaved rounds)\n\n"
             + markdown_table(
@@ -122,31 +157,10 @@ def render(results: dict) -> str:
                 f"nanoGPT's ~{NANOGPT_TOKENS_PER_S:,} ({verdict(tps >= NANOGPT_TOKENS_PER_S)})."
             )
     if "generation" in results:
-        rows = []
-        for name, r in results["generation"].items():
-            model = r["model"]
-            shape = shape_of(model)
-            # the targets: >= 5x re-computation on the default model, >= 5x nanoGPT's sample.py
-            # on a model of nanoGPT's CPU size; the other cells are reported without a verdict
-            vs_nanogpt = r["cache_chars_per_s"] / NANOGPT_SAMPLE_CHARS_PER_S
-            speedup = f"{r['speedup']:.1f}x"
-            if name == "default":
-                speedup += f" ({verdict(r['speedup'] >= 5)})"
-            vs_nanogpt = f"{vs_nanogpt:.1f}x" + (
-                f" ({verdict(vs_nanogpt >= 5)})" if name == "nanogpt_cpu" else ""
-            )
-            rows.append(
-                [
-                    name,
-                    shape,
-                    f"{r['cache_chars_per_s']:,.0f}",
-                    f"{r['recompute_chars_per_s']:,.0f}",
-                    speedup,
-                    vs_nanogpt,
-                ]
-            )
+        rows = with_earlier(results, "generation", generation_rows)
+        new_tokens = next(iter(results["generation"].values()))["new_tokens"]
         parts.append(
-            f"### Generation ({r['new_tokens']} new characters, characters/s)\n\n"
+            f"### Generation ({new_tokens} new characters, characters/s)\n\n"
             + markdown_table(
                 [
                     "model",
@@ -160,7 +174,6 @@ def render(results: dict) -> str:
             )
         )
     if "data" in results:
-        r = results["data"]
         parts.append(
             "### Data pipeline\n\n"
             + markdown_table(
@@ -171,15 +184,7 @@ def render(results: dict) -> str:
                     "training steps/s",
                     "ratio (target >= 20x)",
                 ],
-                [
-                    [
-                        f"{r['batch_size']} x {r['context']}",
-                        r["num_workers"],
-                        f"{r['loader_batches_per_s']:,.0f}",
-                        f"{r['train_steps_per_s']:,.2f}",
-                        f"{r['ratio']:,.0f}x ({verdict(r['ratio'] >= 20)})",
-                    ]
-                ],
+                with_earlier(results, "data", data_rows),
             )
         )
     if "utilisation" in results:
@@ -282,6 +287,14 @@ def main(argv=None) -> None:
         if (m["cpu"], m["cpu_flags"]) != (before.get("cpu"), before.get("cpu_flags")):
             rerun += f" on another machine: {m['cpu']} ({m['cpu_flags']})"  # say which figures
         merged.setdefault("reruns", []).append(rerun)
+        # the figures this run replaces stay in their table, as its earlier rows
+        for name in (n for n in HISTORY if n in results and n in merged):
+            earlier = merged.setdefault("earlier", {}).setdefault(name, [])
+            when = merged.get("measured", {}).get(name, merged["started"])
+            earlier.insert(0, {"measured": when, name: merged[name]})
+            del earlier[KEEP_EARLIER:]
+        measured = merged.setdefault("measured", {})
+        measured.update({n: results["started"] for n in BENCHMARKS if n in results})
         # the header keeps the first full run's machine and load; a re-run only adds its line
         kept = ("started", "finished", "machine", "load_after")
         merged.update({k: v for k, v in results.items() if k not in kept})

@@ -109,6 +109,15 @@ def test_memory_and_report_quick(corpus_file, tmp_path):
     assert again["memory"] == first["memory"] and again["data"]
     text = out.read_text()
     assert "data re-measured" in text and "peak RSS" in text
+    assert "earlier (" not in text  # nothing was replaced: the first report had no data
+    # re-measured again: the figures it replaces stay in the table, saying when they were taken
+    run.main(command)
+    third = json.loads((tmp_path / "RESULTS.json").read_text())
+    when = again["measured"]["data"]
+    assert third["earlier"]["data"] == [{"measured": when, "data": again["data"]}]
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| 8 x 32")]
+    assert len(rows) == 1 and f"| earlier ({when}): 8 x 32 |" in text
 
 
 def test_plot_reads_tensorboard_events(tmp_path):
