@@ -12,6 +12,7 @@ batches, which the label says). Needs matplotlib (a benchmark-only extra).
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,9 @@ def val_curve(
     comparisons with runs timed from their launch (benchmarks/nanogpt.py).
     """
     times, values = [], []
-    for events in sorted(Path(run_dir).rglob("events.out.tfevents.*")):
+    # glob's ** follows linked folders (a run linked into a plot folder); Path.rglob does not
+    pattern = str(Path(glob.escape(str(run_dir))) / "**" / "events.out.tfevents.*")
+    for events in sorted(glob.glob(pattern, recursive=True)):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
         if tag not in acc.Tags().get("scalars", []):

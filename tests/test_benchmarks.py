@@ -131,8 +131,11 @@ def test_plot_reads_tensorboard_events(tmp_path):
     for step, loss in enumerate([2.5, 2.0, 1.8]):
         writer.add_scalar("val/loss", loss, step)
     writer.close()
-    finals = plot.plot([str(run)], str(tmp_path / "curve.png"))
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / "0").symlink_to(tmp_path / "job", target_is_directory=True)
+    finals = plot.plot([str(run), str(tmp_path / "linked")], str(tmp_path / "curve.png"))
     assert finals["job"]["best"] == pytest.approx(1.8)
+    assert finals["linked"]["best"] == pytest.approx(1.8)  # a run linked into a plot folder
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 
