@@ -290,6 +290,8 @@ def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
     export(lower, tmp_path / "hf-lower")
     tok = AutoTokenizer.from_pretrained(tmp_path / "hf-lower", local_files_only=True)
     assert tok("KING Lear:", add_special_tokens=False).input_ids == TOKENIZER.encode("king lear:")
+    card = (tmp_path / "hf-lower" / "README.md").read_text(encoding="utf-8")
+    assert "the tokenizer lowercases prompts too" in card
 
 
 def test_generation_defaults_and_model_card(tmp_path):

@@ -86,9 +86,14 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
         listed = json.dumps("".join(tokenizer.vocab), ensure_ascii=False)
         vocabulary = f"Vocabulary (in id order): `{listed}`"
         unknown = " Characters outside the vocabulary cannot be encoded."
+    if loaded.lowercase:
+        vocabulary += (
+            "\n\nThe corpus was lowercased (`data.lowercase=true`), and the tokenizer lowercases "
+            "prompts too (its `Lowercase` normalizer), as tinyllm's chat and server do."
+        )
     # the snippet must run as printed: a prompt the vocabulary holds, within the context
-    prompt = "ROMEO:"
-    if tokenizer.unknown_characters(prompt):
+    prompt = "ROMEO:"  # a lowercased corpus: the tokenizer lowercases it (tokenizer_files)
+    if tokenizer.unknown_characters(prompt.lower() if loaded.lowercase else prompt):
         prompt = next((c for c in tokenizer.vocab if c.isalpha()), tokenizer.vocab[0])
     new_tokens = max(
         1, min(max_new_tokens(console, context), context - len(tokenizer.encode(prompt)))
