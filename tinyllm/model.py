@@ -254,14 +254,14 @@ class CausalSelfAttention(nn.Module):
         H, D = self.n_head, C // self.n_head
         # (B, T, 3C) -> (B, 3H, T, D): the heads of q, then of k, then of v
         qkv = self.qkv(x).view(B, T, 3 * H, D).transpose(1, 2)
-        qk, v = qkv[:, : 2 * H], qkv[:, 2 * H :]
+        qk, v = qkv.split((2 * H, H), dim=1)
         # q and k are normalised and rotated together: a decoded token pays per call, not per value
         if self.q_norm is not None:  # (2H, 1, D): q_norm's weight for q's heads, k_norm's for k's
             weight = torch.cat((self.q_norm.weight.expand(H, D), self.k_norm.weight.expand(H, D)))
             qk = F.rms_norm(qk, (D,), eps=RMS_NORM_EPS) * weight[:, None].to(qk.dtype)
         if rope is not None:
             qk = apply_rotary(qk, *rope)
-        q, k = qk[:, :H], qk[:, H:]
+        q, k = qk.split(H, dim=1)
         dropout = self.dropout if self.training else 0.0
         if isinstance(cache, SlotKVCache):  # one new position per row, rows at their own
             k, v = cache.update(layer, k, v)
