@@ -290,7 +290,8 @@ def main(argv=None) -> None:
         # the figures this run replaces stay in their table, as its earlier rows
         for name in (n for n in HISTORY if n in results and n in merged):
             earlier = merged.setdefault("earlier", {}).setdefault(name, [])
-            when = merged.get("measured", {}).get(name, merged["started"])
+            # a report from before per-benchmark times were kept: only "before this run" is known
+            when = merged.get("measured", {}).get(name, f"before {results['started']}")
             earlier.insert(0, {"measured": when, name: merged[name]})
             del earlier[KEEP_EARLIER:]
         measured = merged.setdefault("measured", {})
