@@ -19,6 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from tinyllm.artifacts import ArtifactError, read_checkpoint
 from tinyllm.config import ConfigError
 from tinyllm.io import write_atomic_with
+from tinyllm.runs import command_name
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,5 @@ def resume_command(run_dir: str | Path) -> str:
     except ValueError:
         shown = run_dir
     name = Path(sys.argv[0]).name if sys.argv else ""
-    if name.startswith("tinyllm-"):  # the installed command (tinyllm/cli.py)
-        return f"{name} resume={shown}"
     script = name if name.endswith(".py") else "train.py"
-    return f"python {script} resume={shown}"
+    return f"{command_name('tinyllm-train', f'python {script}')} resume={shown}"

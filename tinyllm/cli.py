@@ -42,7 +42,7 @@ from tinyllm.checkpointing import CHECKPOINT_DIR, CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
 from tinyllm.io import write_atomic
-from tinyllm.runs import RUN_CONFIG, RunFolderError, default_log_dir, newest_with
+from tinyllm.runs import RUN_CONFIG, RunFolderError, command_name, default_log_dir, newest_with
 from tinyllm.sweep import exit_job
 from tinyllm.training import train
 
@@ -155,7 +155,7 @@ def eval_overrides(args: list[str]) -> list[str]:
     values for a key wins). The positional's and the flags' values are quoted: any path is taken
     as it is (an argument with `=` is an override unless it is a path that exists)."""
     parser = _OneLineParser(
-        prog="tinyllm-eval" if Path(sys.argv[0]).name == "tinyllm-eval" else "eval.py",
+        prog=command_name("tinyllm-eval", "eval.py"),
         description="Loss, bits per character and perplexity of a saved model. Settings are "
         "tinyllm/configs/eval.yaml, composed by Hydra: KEY=VALUE overrides (model_path=, "
         "split=, json=, data.path=, ...) or the positional MODEL and the flags below.",

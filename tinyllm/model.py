@@ -129,9 +129,8 @@ class KVCache:
         self.capacity = config.context_length
 
     def _hold(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        """Keep (layer, B, H, L, D) keys and values, and each layer's view of them (an index
-        per decoded token and layer fewer)."""
-        self.keys, self.values = keys, values
+        """Keep each layer's view of (layer, B, H, L, D) keys and values (an index per decoded
+        token and layer fewer than indexing the whole)."""
         self.layers = [(keys[i], values[i]) for i in range(keys.size(0))]  # not unbind: writable
         self.length = 0  # positions filled
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +16,14 @@ from pathlib import Path
 OUTPUTS_ENV = "TINYLLM_OUTPUTS"
 LOCK_FILE = ".lock"
 RUN_CONFIG = "config.yaml"  # the resolved config train.py writes into each run folder
+
+
+def command_name(installed: str, script: str) -> str:
+    """What to tell the user to type for one of tinyllm's commands (usage lines, hints):
+    `installed` (tinyllm-chat) when this process was started as an installed tinyllm-* command,
+    else `script` (python chat.py)."""
+    started_as = Path(sys.argv[0]).name if sys.argv else ""
+    return installed if started_as.startswith("tinyllm-") else script
 
 
 class RunFolderError(ValueError):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -39,7 +38,7 @@ from tinyllm.config import (
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import ModelConfig
-from tinyllm.runs import RUN_CONFIG, RunLock
+from tinyllm.runs import RUN_CONFIG, RunLock, command_name
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +208,7 @@ def report(output_dir: Path, best: BestArtifactsCallback | None, tensorboard: bo
         return
     score = "n/a" if best.best_score is None else f"{best.best_score:.4f}"
     log.info("best val/loss %s; model artifacts in %s", score, _shown(best.dirpath))
-    installed = Path(sys.argv[0]).name.startswith("tinyllm-")  # tinyllm-train, not train.py
-    chat = "tinyllm-chat" if installed else "python chat.py"
+    chat = command_name("tinyllm-chat", "python chat.py")
     log.info("chat with it:   %s %s", chat, _shown(best.dirpath))
     if tensorboard:  # logger=tensorboard (not csv, none, debug=fdr)
         log.info("watch curves:   tensorboard --logdir %s", _shown(output_dir))

@@ -24,6 +24,7 @@ from tinyllm.console.session import (
     setup_readline,
 )
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS
+from tinyllm.runs import command_name
 
 DESCRIPTION = """\
 Talk to a trained model: each line you type is continued by the model, with the conversation
@@ -54,8 +55,7 @@ Exit status: 0 done; 2 no model at the path, a bad option, or nothing left of --
 130 interrupted (--prompt and pipe modes).
 """
 
-# the name the user typed: tinyllm-chat once installed, else chat.py
-PROG = "tinyllm-chat" if os.path.basename(sys.argv[0]) == "tinyllm-chat" else "chat.py"
+PROG = command_name("tinyllm-chat", "chat.py")  # the name the user typed
 
 
 def _option(command: str, name: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tinyllm.artifacts import LoadedModel
 from tinyllm.export.architectures import architecture
+from tinyllm.generation import split_unknown
 from tinyllm.runs import find_run_config
 
 # the run's console defaults when its metadata has none (training/default.yaml)
@@ -93,7 +94,7 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
         )
     # the snippet must run as printed: a prompt the vocabulary holds, within the context
     prompt = "ROMEO:"  # a lowercased corpus: the tokenizer lowercases it (tokenizer_files)
-    if tokenizer.unknown_characters(prompt.lower() if loaded.lowercase else prompt):
+    if split_unknown(tokenizer, prompt, lowercase=loaded.lowercase)[1]:
         prompt = next((c for c in tokenizer.vocab if c.isalpha()), tokenizer.vocab[0])
     new_tokens = max(
         1, min(max_new_tokens(console, context), context - len(tokenizer.encode(prompt)))
