@@ -17,19 +17,10 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinyllm.artifacts import ArtifactError, read_checkpoint
-from tinyllm.config import ConfigError
 from tinyllm.io import write_atomic_with
-from tinyllm.runs import command_name
+from tinyllm.runs import CheckpointError, command_name
 
 log = logging.getLogger(__name__)
-
-LAST_CHECKPOINT = "last.ckpt"
-CHECKPOINT_DIR = "checkpoints"
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be resumed from; the message says which and what to do."""
-
 
 # --- writing and reading .ckpt files --------------------------------------------------------
 

@@ -37,18 +37,24 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
-from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
-from tinyllm.checkpointing import CHECKPOINT_DIR, CheckpointError
 from tinyllm.config import ConfigError
 from tinyllm.corpus import CorpusError
 from tinyllm.io import write_atomic
-from tinyllm.runs import RUN_CONFIG, RunFolderError, command_name, default_log_dir, newest_with
+from tinyllm.runs import (
+    CHECKPOINT_DIR,
+    RUN_CONFIG,
+    CheckpointError,
+    RunFolderError,
+    command_name,
+    default_log_dir,
+    newest_with,
+)
+from tinyllm.runs import LAST_CHECKPOINT as _LAST
 from tinyllm.sweep import exit_job
-from tinyllm.training import train
 
 log = logging.getLogger("tinyllm.train")
 
-LAST_CHECKPOINT = "checkpoints/last.ckpt"
+LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{_LAST}"  # in a run folder
 # overrides that name the run itself; a resumed run gets them anew
 _RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
 _TRUE = ("true", "yes", "1", "latest", "last")
@@ -57,6 +63,11 @@ _FALSE = ("", "false", "no", "0", "null", "none")
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
+    # Lightning and the training code load here, not with this module: tinyllm-chat and
+    # tinyllm-serve start without them (seconds), and so does a refused resume= or output folder
+    from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
+    from tinyllm.training import train
+
     try:
         return train(cfg)
     except (ConfigError, CorpusError, ArtifactError, RunFolderError) as e:
@@ -131,11 +142,12 @@ def eval_main(argv: list[str] | None = None) -> int:
     model. eval.yaml composed with Hydra's compose API rather than `@hydra.main`: evaluation
     only reads, so it gets no run folder, `.hydra/` or log file to suppress, and every bad input
     (Hydra's own errors too) is one `error:` line and exit 2, not Hydra's exit 1."""
+    overrides = eval_overrides(sys.argv[1:] if argv is None else argv)  # --help: no Lightning
     from tinyllm.evaluation import EvaluationError, eval_config, evaluate_config, report
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        cfg = eval_config(eval_overrides(sys.argv[1:] if argv is None else argv))
+        cfg = eval_config(overrides)
         report(evaluate_config(cfg), cfg)
     except (EvaluationError, ArtifactError, CorpusError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -154,12 +166,13 @@ def eval_overrides(args: list[str]) -> list[str]:
     then the flags (`--json` -> `json=true`, `--split train` -> `split=train`; the last of two
     values for a key wins). The positional's and the flags' values are quoted: any path is taken
     as it is (an argument with `=` is an override unless it is a path that exists)."""
+    prog = command_name("tinyllm-eval", "eval.py")
     parser = _OneLineParser(
-        prog=command_name("tinyllm-eval", "eval.py"),
+        prog=prog,
         description="Loss, bits per character and perplexity of a saved model. Settings are "
         "tinyllm/configs/eval.yaml, composed by Hydra: KEY=VALUE overrides (model_path=, "
         "split=, json=, data.path=, ...) or the positional MODEL and the flags below.",
-        epilog="e.g. eval.py outputs/runs/<time> data.path=other.txt --json",
+        epilog=f"e.g. {prog} outputs/runs/<time> data.path=other.txt --json",
     )
     parser.add_argument("args", nargs="*", metavar="MODEL | KEY=VALUE",
                         help="a run folder, its best/ or a .ckpt; data.KEY=VALUE, ...")  # fmt: skip

@@ -16,6 +16,8 @@ from pathlib import Path
 OUTPUTS_ENV = "TINYLLM_OUTPUTS"
 LOCK_FILE = ".lock"
 RUN_CONFIG = "config.yaml"  # the resolved config train.py writes into each run folder
+CHECKPOINT_DIR = "checkpoints"  # a run's Lightning checkpoints: <run>/checkpoints/*.ckpt
+LAST_CHECKPOINT = "last.ckpt"  # the one `resume=` continues from
 
 
 def command_name(installed: str, script: str) -> str:
@@ -28,6 +30,10 @@ def command_name(installed: str, script: str) -> str:
 
 class RunFolderError(ValueError):
     """A run folder cannot be used; the message says why and what to do."""
+
+
+class CheckpointError(RunFolderError):
+    """A checkpoint cannot be resumed from; the message says which and what to do."""
 
 
 def default_log_dir(root_dir: str | Path = ".") -> Path:

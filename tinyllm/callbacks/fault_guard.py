@@ -26,7 +26,8 @@ import torch
 
 from tinyllm.artifacts import WEIGHTS_FILE
 from tinyllm.callbacks.best_artifacts import BestArtifactsCallback
-from tinyllm.checkpointing import CHECKPOINT_DIR, LAST_CHECKPOINT, resume_command
+from tinyllm.checkpointing import resume_command
+from tinyllm.runs import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
 

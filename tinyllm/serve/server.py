@@ -80,7 +80,7 @@ def model_id_of(path: Path | None) -> str:
     """A readable id: the run folder's name for .../<run>/best or .../<run>/checkpoints/X.ckpt
     (<time>-<job> in a multirun), else the file or folder name."""
     from tinyllm.artifacts import BEST_DIR
-    from tinyllm.checkpointing import CHECKPOINT_DIR
+    from tinyllm.runs import CHECKPOINT_DIR
 
     if path is None:
         return "tinyllm"
