@@ -50,6 +50,19 @@ def test_pyproject_declares_scripts_and_extras():
     assert {"openai", "selenium"} <= {r.split(">")[0] for r in extras["dev"]}
 
 
+def test_commands_that_do_not_train_start_without_lightning():
+    """Lightning (with what it imports) takes seconds to load: chat, serve, export and the
+    resume/output-folder checks of train must not wait for it. Run in a fresh interpreter."""
+    probe = (
+        "import sys, tinyllm.cli, tinyllm.console.program, tinyllm.serve.server, tinyllm.export;"
+        "from tinyllm.cli import check_output_argv, resolve_resume_argv;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'lightning')[:3])"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
+
+
 def test_configs_live_in_the_package_and_configs_links_there():
     assert (ROOT / "configs").is_symlink()
     assert (ROOT / "configs").resolve() == (ROOT / "tinyllm" / "configs").resolve()
