@@ -23,6 +23,7 @@ from the composed config (`paths.log_dir`).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import re
@@ -37,7 +38,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
-from tinyllm.config import ConfigError
+from tinyllm.config import ConfigError, error_line
 from tinyllm.corpus import CorpusError
 from tinyllm.io import write_atomic
 from tinyllm.runs import (
@@ -97,8 +98,9 @@ def train_main() -> None:
     """`python train.py` and `tinyllm-train`."""
     try:
         sys.argv = resolve_resume_argv(sys.argv)
+        check_composes(sys.argv)
         check_output_argv(sys.argv)  # before Hydra creates the run folder
-    except (CheckpointError, RunFolderError) as e:
+    except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     with _kept_if_refused(_resumed_run(sys.argv)):
@@ -259,8 +261,9 @@ def prepare_main(argv: list[str] | None = None) -> int:
         print("interrupted: no token cache was written", file=sys.stderr)
         return 130
     except (CorpusError, ValueError, HydraException, OmegaConfBaseException) as e:
-        message = str(e.__cause__ or e).strip().splitlines()
-        print(f"error: {message[0] if message else type(e).__name__}", file=sys.stderr)
+        # the data module's own error behind Hydra's "Error in call to target ..."
+        cause = e.__cause__ if isinstance(e, InstantiationException) else None
+        print(f"error: {error_line(cause or e)}", file=sys.stderr)
         return 2
     if prepared.folder is None:  # the folder stopped being writable after the check
         print(f"error: {_unwritable_cache(datamodule.cache_dir, 'not writable')}", file=sys.stderr)
@@ -362,21 +365,53 @@ def _option(argv: list[str], *names: str) -> str | None:
     return None
 
 
-def configured_log_dir(argv: list[str]) -> Path:
-    """`paths.log_dir` as the run would compose it: the packaged configs, yours
-    (`--config-dir`/`--config-name`) and the overrides, without starting a run."""
+@functools.lru_cache(maxsize=4)
+def _composed(argv: tuple[str, ...]) -> DictConfig:
+    """The config a run of `argv` composes: the packaged configs, yours (`--config-dir`,
+    `--config-name`) and the overrides but Hydra's own and the run's folder and checkpoint,
+    without starting a run. Raises Hydra's or OmegaConf's error for a bad override."""
     from hydra import compose, initialize_config_module
 
-    overrides = [a for a in _overrides(argv) if _key(a) not in _RUN_KEYS and _key(a) != "hydra"]
+    overrides = [a for a in _overrides(list(argv)) if _key(a) not in (*_RUN_KEYS, "hydra")]
     overrides = [a for a in overrides if not _key(a).startswith("hydra.")]
-    config_dir = _option(argv, "--config-dir", "-cd")
+    config_dir = _option(list(argv), "--config-dir", "-cd")
     if config_dir:
         overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    with initialize_config_module("tinyllm.configs", version_base="1.3"):
+        return compose(_option(list(argv), "--config-name", "-cn") or "train", overrides=overrides)
+
+
+def check_composes(argv: list[str]) -> None:
+    """A run's overrides compose, or one ConfigError line names the bad one and the fix: Hydra
+    would report it over several lines and exit 1. A sweep's (`-m`) are Hydra's to expand, and
+    with your own `--config-dir` Hydra checks them (the compose API cannot take a primary
+    config from that folder)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if any(a in ("-m", "--multirun") for a in argv[1:]) or _option(argv, "--config-dir", "-cd"):
+        return
     try:
-        with initialize_config_module("tinyllm.configs", version_base="1.3"):
-            cfg = compose(_option(argv, "--config-name", "-cn") or "train", overrides=overrides)
-        return Path(cfg.paths.log_dir)
-    except Exception:  # noqa: BLE001 - a bad override: Hydra reports it properly when it runs
+        _composed(tuple(argv))
+    except OverrideParseException:
+        parser = OverridesParser.create()
+        for override in _overrides(argv):
+            try:
+                parser.parse_overrides([override])
+            except OverrideParseException as e:
+                raise ConfigError(f"cannot read {override!r}: {error_line(e)}") from None
+        raise
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(error_line(e)) from None
+
+
+def configured_log_dir(argv: list[str]) -> Path:
+    """`paths.log_dir` as the run would compose it (or, for overrides that do not compose, as
+    they name it: Hydra or check_composes reports them)."""
+    try:
+        return Path(_composed(tuple(argv)).paths.log_dir)
+    except Exception:  # noqa: BLE001 - a bad override: reported where the run is checked
         values = {_key(a): a.split("=", 1)[1] for a in _overrides(argv)}
         root = values.get("paths.root_dir", ".")
         return Path(values.get("paths.log_dir") or default_log_dir(root))

@@ -351,7 +351,7 @@ def check_rules(cfg: DictConfig) -> None:
         try:
             value = OmegaConf.select(cfg, key, throw_on_missing=True)
         except OmegaConfBaseException as e:
-            raise ConfigError(f"{key} cannot be resolved: {_one_line(e)}") from None
+            raise ConfigError(f"{key} cannot be resolved: {error_line(e, named=key)}") from None
         if isinstance(value, (DictConfig, ListConfig)):
             value = OmegaConf.to_container(value, resolve=True)
         if value is None and OmegaConf.select(cfg, key, default="absent") == "absent":
@@ -360,9 +360,30 @@ def check_rules(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be {wanted}, got {value!r}")
 
 
-def _one_line(error: Exception) -> str:
-    """OmegaConf errors carry a multi-line 'full_key/object_type' report; keep the first line."""
-    return str(error).strip().splitlines()[0]
+def error_line(error: BaseException, *, named: str = "") -> str:
+    """A Hydra or OmegaConf error as one line, for every command that composes a config.
+
+    OmegaConf's first line says it all (the lines below repeat the key and its type). Hydra's
+    further lines are the fix it suggests or the options it lists: kept, joined ("Available
+    options in 'model': small, tiny"), its config search path left out. A cause (the
+    OmegaConf error behind a Hydra one) follows the problem; `named`: the text it follows.
+    """
+    parts: list[str] = []
+    for raw in str(error).split("Config search path:")[0].splitlines():
+        line = raw.strip()
+        if line and raw.startswith("\t") and parts:  # one option of the list above it
+            parts[-1] += (" " if parts[-1].endswith(":") else ", ") + line
+        elif line:
+            parts.append(line)
+    if isinstance(error, OmegaConfBaseException):
+        parts = parts[:1]
+    first = parts[0] if parts else type(error).__name__
+    full_key = getattr(error, "full_key", None)
+    if full_key and full_key not in first + named:  # OmegaConf's type errors name it only below
+        first = f"{full_key}: {first}"
+    if error.__cause__ is not None:
+        first = f"{first.rstrip('.')}: {error_line(error.__cause__, named=first)}"
+    return "; ".join(part.rstrip(".") for part in [first, *parts[1:]])
 
 
 def validate(cfg: DictConfig) -> TrainingConfig:
@@ -373,7 +394,8 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         where = f"training.{key}" if key and not str(key).startswith("training") else key
-        raise ConfigError(f"invalid training config ({where}): {_one_line(e)}") from None
+        message = error_line(e, named=str(where))
+        raise ConfigError(f"invalid training config ({where}): {message}") from None
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
     model.pop("_target_", None)
     # `model.compile` is a training switch (torch.compile), not part of the saved ModelConfig
@@ -383,7 +405,7 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     try:
         ModelConfig.from_dict(model)
     except (TypeError, ValueError) as e:
-        raise ConfigError(_one_line(e)) from None
+        raise ConfigError(error_line(e)) from None
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
     if training.optimizer_impl == "fused" and training.gradient_clip > 0 and "mixed" in precision:
         # Lightning's mixed-precision plugin refuses to clip what a fused optimizer unscales itself

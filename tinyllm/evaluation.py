@@ -31,6 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.artifacts import load_model
+from tinyllm.config import error_line
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import Transformer
@@ -101,7 +102,7 @@ def eval_config(overrides: Sequence[str] = (), **settings: object) -> DictConfig
         composed = OmegaConf.to_container(cfg.data, resolve=True)
         default_data = OmegaConf.to_container(defaults.data, resolve=True)
     except (HydraException, OmegaConfBaseException) as e:
-        raise EvaluationError(_one_line(e)) from None
+        raise EvaluationError(error_line(e)) from None
     if OmegaConf.is_missing(own, "model_path"):
         raise EvaluationError(
             "give the model to evaluate: MODEL (or model_path=MODEL), a run folder, its "
@@ -147,17 +148,6 @@ def _check_keys(overrides: list[str], keys: list[str], defaults: DictConfig) -> 
             )
 
 
-def _one_line(error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    cause = [line.strip() for line in str(error.__cause__ or "").splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
-    if getattr(error, "full_key", None):  # OmegaConf's type errors name the key only below
-        text = f"{error.full_key}: {text}"
-    if "quote the value" in str(error):  # Hydra's "Ambiguous value" of a value with a comma
-        text += " (quote the value: key='a,b')"
-    return f"{text} ({cause[0]})" if cause else text
-
-
 def _run_data(run_config: Path) -> dict:
     """The data settings a run was trained with (its resolved config.yaml)."""
     try:
@@ -166,7 +156,7 @@ def _run_data(run_config: Path) -> dict:
         return OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else {}
     except (OSError, ValueError, OmegaConfBaseException) as e:
         raise EvaluationError(
-            f"{run_config} cannot be read ({_one_line(e)}): give the text with data.path=FILE"
+            f"{run_config} cannot be read ({error_line(e)}): give the text with data.path=FILE"
         ) from None
 
 
