@@ -119,6 +119,14 @@ for _logger in ("mlflow", "wandb"):  # a logger whose package (our optional extr
                             f'logger={_logger} needs {_logger}, which is not installed: '
                             f'pip install -e ".[{_logger}]"'))  # fmt: skip
 
+# values and overrides checked before Hydra starts, so no run folder is made for them
+REFUSED_BEFORE_HYDRA = {
+    "val_split 0", "val_split 1", "val_split < 0", "lr 0", "lr < 0", "heads", "unknown key",
+    "unknown group option", "unreadable override", "a list or a sweep?",
+    "a GPU config without a GPU", "logger=mlflow without its extra",
+    "logger=wandb without its extra",
+}  # fmt: skip
+
 
 @pytest.fixture(scope="module")
 def train_results(tmp_path_factory, corpus_file, trained_run):
@@ -166,6 +174,8 @@ def test_bad_training_input(train_results, index, case):
     # nothing a later run would take for a model or a run to resume
     run = tmp / f"run{index}"
     assert not (run / "checkpoints").exists() and not (run / "best").exists()
+    if name in REFUSED_BEFORE_HYDRA:  # not even a run folder holding only its log
+        assert not run.exists(), sorted(p.name for p in run.iterdir())
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(train_results, trained_run):

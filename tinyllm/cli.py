@@ -38,7 +38,7 @@ from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
-from tinyllm.config import ConfigError, error_line
+from tinyllm.config import ConfigError, check_machine, error_line, validate
 from tinyllm.corpus import CorpusError
 from tinyllm.io import write_atomic
 from tinyllm.runs import (
@@ -98,7 +98,7 @@ def train_main() -> None:
     """`python train.py` and `tinyllm-train`."""
     try:
         sys.argv = resolve_resume_argv(sys.argv)
-        check_composes(sys.argv)
+        check_config(sys.argv)
         check_output_argv(sys.argv)  # before Hydra creates the run folder
     except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -378,37 +378,48 @@ def _composed(argv: tuple[str, ...]) -> DictConfig:
     if config_dir:
         overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
     with initialize_config_module("tinyllm.configs", version_base="1.3"):
-        return compose(_option(list(argv), "--config-name", "-cn") or "train", overrides=overrides)
+        name = _option(list(argv), "--config-name", "-cn") or "train"
+        return compose(name, overrides=overrides, return_hydra_config=True)
 
 
-def check_composes(argv: list[str]) -> None:
-    """A run's overrides compose, or one ConfigError line names the bad one and the fix: Hydra
-    would report it over several lines and exit 1. A sweep's (`-m`) are Hydra's to expand, and
-    with your own `--config-dir` Hydra checks them (the compose API cannot take a primary
-    config from that folder)."""
+def check_config(argv: list[str]) -> None:
+    """Before Hydra creates the run's folder: the overrides compose, and the values pass the
+    checks training starts with (`validate`, `check_machine`), or one ConfigError line names
+    the problem and the fix. Hydra would report a bad override over several lines (exit 1) and
+    a bad value would leave a run folder of only its log. A sweep's (`-m`) are Hydra's to
+    expand and its jobs check their own values; with your own `--config-dir` Hydra checks
+    them (the compose API cannot take a primary config from that folder)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
+    from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    if any(a in ("-m", "--multirun") for a in argv[1:]) or _option(argv, "--config-dir", "-cd"):
+    multirun = {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv[1:])
+    if multirun or _option(argv, "--config-dir", "-cd"):
         return
+    parser, sweeps = OverridesParser.create(), []
+    for override in _overrides(argv):
+        try:
+            if parser.parse_overrides([override])[0].is_sweep_override():
+                sweeps.append(override)
+        except OverrideParseException as e:
+            raise ConfigError(f"cannot read {override!r}: {error_line(e)}") from None
     try:
-        _composed(tuple(argv))
-    except OverrideParseException:
-        parser = OverridesParser.create()
-        for override in _overrides(argv):
-            try:
-                parser.parse_overrides([override])
-            except OverrideParseException as e:
-                raise ConfigError(f"cannot read {override!r}: {error_line(e)}") from None
-        raise
+        # a search config (hparams_search=optuna) switches to MULTIRUN itself: its trials'
+        # values are checked as each one starts; otherwise a sweep's values ask for -m
+        cfg = _composed(tuple(a for a in argv if a not in sweeps))
+        if cfg.hydra.mode == RunMode.MULTIRUN:
+            return
+        cfg = _composed(tuple(argv))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(error_line(e)) from None
+    validate(cfg)
+    check_machine(cfg)
 
 
 def configured_log_dir(argv: list[str]) -> Path:
     """`paths.log_dir` as the run would compose it (or, for overrides that do not compose, as
-    they name it: Hydra or check_composes reports them)."""
+    they name it: Hydra or check_config reports them)."""
     try:
         return Path(_composed(tuple(argv)).paths.log_dir)
     except Exception:  # noqa: BLE001 - a bad override: reported where the run is checked
