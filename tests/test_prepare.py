@@ -246,7 +246,9 @@ def test_changed_source_or_settings_are_prepared_again(tmp_path):
     assert len(folders) == 2  # one per settings; the changed source replaced its old cache
 
 
-@pytest.mark.parametrize("damage", ["truncate ids", "bad manifest", "no ids", "wrong dtype"])
+@pytest.mark.parametrize(
+    "damage", ["truncate ids", "bad manifest", "no ids", "wrong dtype", "vocabulary cut short"]
+)
 def test_damaged_cache_is_detected_and_prepared_again(tmp_path, damage, caplog):
     source = write(tmp_path / "corpus.txt", make_corpus(80))
     good = datamodule(source, tmp_path / "cache")
@@ -260,6 +262,10 @@ def test_damaged_cache_is_detected_and_prepared_again(tmp_path, damage, caplog):
         (folder / "manifest.json").write_text('{"format": "tinyllm.token_cache", "vers')
     elif damage == "no ids":
         (folder / "ids.bin").unlink()
+    elif damage == "vocabulary cut short":  # the ids of its last characters would index nothing
+        state = manifest["tokenizer_state"]
+        cut = manifest | {"tokenizer_state": state | {"vocab": state["vocab"][:-3]}}
+        (folder / "manifest.json").write_text(json.dumps(cut))
     else:
         manifest["dtype"] = "uint32"
         (folder / "manifest.json").write_text(json.dumps(manifest))

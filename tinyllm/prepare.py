@@ -172,6 +172,10 @@ def _stale_reason(
         return "tokenizer damaged"
     if _dtype_for(tokenizer.vocab_size) != np.dtype(dtype):
         return "manifest damaged"
+    # a vocabulary cut short (by hand) would leave ids that index nothing; a manifest written
+    # before the count was recorded has none to compare
+    if manifest.get("vocab_size", tokenizer.vocab_size) != tokenizer.vocab_size:
+        return "the vocabulary is not the one the ids were written in"
     try:
         size = (folder / IDS_FILE).stat().st_size
     except OSError:
@@ -401,6 +405,7 @@ def _prepare_passes(
         "sources": before,
         "settings": asdict(settings),
         "tokenizer_state": tokenizer.state_dict(),
+        "vocab_size": tokenizer.vocab_size,  # every id is below it
         "dtype": dtype.name,
         "byteorder": sys.byteorder,  # the ids are written in this machine's byte order
         "num_tokens": count,
