@@ -165,6 +165,41 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(tmp_path, corp
     assert load_ckpt(last)["global_step"] <= 20  # from a validation before the first Ctrl-C
 
 
+@pytest.mark.parametrize("where", ["the checks", "the training code's imports"])
+def test_ctrl_c_while_train_py_starts_is_one_line(where, tmp_path, corpus_file, monkeypatch,
+                                                   capfd):  # fmt: skip
+    """Lightning's imports alone take seconds: a Ctrl-C in them, or in the checks before
+    Hydra starts, ends train.py with one line and 130, as one while preparing the corpus."""
+    import builtins
+
+    from tinyllm import cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "the checks":
+        monkeypatch.setattr(cli, "check_output_argv", interrupted)
+    else:
+        real_import = builtins.__import__
+
+        def importing(name, *args, **kwargs):
+            if name == "tinyllm.training":
+                interrupted()
+            return real_import(name, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "__import__", importing)
+    run = tmp_path / "run"
+    argv = ["train.py", *TINY_OVERRIDES, f"data.path={corpus_file}", f"hydra.run.dir={run}"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as stopped:
+        cli.train_main()
+    output = "".join(capfd.readouterr())
+    assert stopped.value.code == 130, output[-2000:]
+    assert "Traceback" not in output, output[-2000:]
+    assert output.count("interrupted (Ctrl-C) before training started: nothing was saved") == 1
+    assert not (run / "checkpoints").exists()
+
+
 # --- kills during saves --------------------------------------------------------------------
 
 

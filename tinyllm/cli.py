@@ -64,11 +64,14 @@ _FALSE = ("", "false", "no", "0", "null", "none")
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
-    # Lightning and the training code load here, not with this module: tinyllm-chat and
-    # tinyllm-serve start without them (seconds), and so does a refused resume= or output folder
-    from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
-    from tinyllm.training import train
-
+    try:
+        # Lightning and the training code load here, not with this module: tinyllm-chat and
+        # tinyllm-serve start without them (seconds), and so does a refused value or folder
+        from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
+        from tinyllm.training import train
+    except KeyboardInterrupt:  # seconds of imports: a Ctrl-C in them is no traceback
+        log.warning("interrupted (Ctrl-C) before training started: nothing was saved")
+        sys.exit(130)
     try:
         return train(cfg)
     except (ConfigError, CorpusError, ArtifactError, RunFolderError) as e:
@@ -100,11 +103,14 @@ def train_main() -> None:
         sys.argv = resolve_resume_argv(sys.argv)
         check_config(sys.argv)
         check_output_argv(sys.argv)  # before Hydra creates the run folder
+        with _kept_if_refused(_resumed_run(sys.argv)):
+            _train_app()
     except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    with _kept_if_refused(_resumed_run(sys.argv)):
-        _train_app()
+    except KeyboardInterrupt:  # in the checks or Hydra's set-up (training has its own handling)
+        print("interrupted (Ctrl-C) before training started: nothing was saved", file=sys.stderr)
+        sys.exit(130)
 
 
 def _resumed_run(argv: list[str]) -> Path | None:
