@@ -84,6 +84,11 @@ TRAIN_CASES = [
      "small, tiny"),
     ("unreadable override", ["model.n_layer=[1"], 2, "error: cannot read 'model.n_layer=[1': "),
     ("a list or a sweep?", ["model.n_layer=1,2"], 2, "To sweep over it, add --multirun"),
+    ("an interpolation to nothing", ["model.n_embd=${{oops}}"], 2,
+     "error: model.n_embd: Interpolation key 'oops' not found"),
+    ("a group set to null", ["logger=null"], 2, "error: Config group override must be"),
+    ("a logger that is not a config", ["+logger.foo=1"], 2,
+     "error: logger.foo must be a config with a _target_ (or null to switch it off), got 1"),
     # before Hydra starts (train.py's own check): one `error:` line on stderr
     ("resume without a run", ["resume=true"], 2, "error: no run to resume under outputs/ "),
     ("unwritable run folder", ["hydra.run.dir={tmp}/a-file/run"], 2,
@@ -119,10 +124,19 @@ for _logger in ("mlflow", "wandb"):  # a logger whose package (our optional extr
                             f'logger={_logger} needs {_logger}, which is not installed: '
                             f'pip install -e ".[{_logger}]"'))  # fmt: skip
 
+# Commands the checks before Hydra starts must let through (each trains 2 steps, or prints)
+ACCEPTED_CASES = [
+    ("a deletion without a value", ["trainer=gpu", "~trainer.accelerator"]),
+    ("a value Hydra's run resolves", ["training.sample_prompt=${{hydra:job.name}}"]),
+    ("an absolute interpolation in training", ["training.batch_size=${{training.max_context}}"]),
+    ("a GPU config printed on any machine", ["trainer=gpu", "--cfg", "job"]),
+]
+
 # values and overrides checked before Hydra starts, so no run folder is made for them
 REFUSED_BEFORE_HYDRA = {
     "val_split 0", "val_split 1", "val_split < 0", "lr 0", "lr < 0", "heads", "unknown key",
     "unknown group option", "unreadable override", "a list or a sweep?",
+    "an interpolation to nothing", "a group set to null", "a logger that is not a config",
     "a GPU config without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra",
 }  # fmt: skip
@@ -148,6 +162,10 @@ def train_results(tmp_path_factory, corpus_file, trained_run):
         own = any(o.startswith(("hydra.run.dir=", "resume=")) for o in given)
         run_dir = [] if own and "evil" not in str(given) else [f"hydra.run.dir={tmp}/run{i}"]
         runs.append([*TINY_OVERRIDES, *path, *run_dir, *given])
+    for i, (_, overrides) in enumerate(ACCEPTED_CASES):
+        given = [o.format(tmp=tmp) for o in overrides]
+        runs.append([*TINY_OVERRIDES, "trainer.max_steps=2", f"data.path={corpus_file}",
+                     f"hydra.run.dir={tmp}/accepted{i}", *given])  # fmt: skip
     result = subprocess.run(
         [sys.executable, "-c", DRIVER, str(ROOT)], input=json.dumps(runs), capture_output=True,
         text=True, timeout=300, cwd=tmp,
@@ -176,6 +194,21 @@ def test_bad_training_input(train_results, index, case):
     assert not (run / "checkpoints").exists() and not (run / "best").exists()
     if name in REFUSED_BEFORE_HYDRA:  # not even a run folder holding only its log
         assert not run.exists(), sorted(p.name for p in run.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("index", "case"), list(enumerate(ACCEPTED_CASES)), ids=[c[0] for c in ACCEPTED_CASES]
+)
+def test_accepted_training_input(train_results, index, case):
+    tmp, results = train_results
+    result = results[len(TRAIN_CASES) + index]
+    output = result["output"]
+    assert result["code"] in (0, None), output[-3000:]
+    assert "Traceback" not in output and "error:" not in output and "ERROR" not in output
+    if "--cfg" in case[1]:
+        assert "accelerator: gpu" in output  # printed, not refused for want of a GPU
+    else:
+        assert (tmp / f"accepted{index}" / "best" / "model.safetensors").is_file()
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(train_results, trained_run):

@@ -270,3 +270,13 @@ def test_sigkill_then_resume_true(tmp_path, corpus_file):
     chat = run_chat("--outputs", str(scratch), "-p", "the", "-n", "5", cwd=tmp_path)
     assert chat.returncode == 0, chat.stderr
     assert f"model: {run / 'best'}" in chat.stderr
+
+
+def test_a_quoted_run_folder_is_checked_as_hydra_reads_it(tmp_path, monkeypatch):
+    """Lightning's DDP launcher starts the other ranks with `hydra.run.dir="..."`, quotes
+    included: the folder checked (and made) before Hydra starts is the one Hydra will use."""
+    from tinyllm.cli import check_output_argv
+
+    monkeypatch.chdir(tmp_path)
+    check_output_argv(["train.py", f'hydra.run.dir="{tmp_path}/run one"'])
+    assert [p.name for p in tmp_path.iterdir()] == ["run one"]

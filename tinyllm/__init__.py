@@ -1,12 +1,27 @@
-"""tinyllm: train a small character-level transformer with Lightning + Hydra, then chat with it."""
+"""tinyllm: train a small character-level transformer with Lightning + Hydra, then chat with it.
 
-import tinyllm.config  # noqa: F401  (registers the config's ${tinyllm.precision:} resolver)
-from tinyllm.artifacts import LoadedModel, load_model
-from tinyllm.generation import SamplingSettings, generate_text, stream_text
-from tinyllm.model import ModelConfig, Transformer
-from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
+The names below load on first use (PEP 562): `import tinyllm` stays cheap, and a command's
+start-up (torch takes seconds to import) happens inside its own Ctrl-C handling.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_HOMES = {
+    "ByteTokenizer": "tinyllm.tokenizer",
+    "CharacterTokenizer": "tinyllm.tokenizer",
+    "LoadedModel": "tinyllm.artifacts",
+    "ModelConfig": "tinyllm.model",
+    "SamplingSettings": "tinyllm.generation",
+    "Transformer": "tinyllm.model",
+    "generate_text": "tinyllm.generation",
+    "load_model": "tinyllm.artifacts",
+    "stream_text": "tinyllm.generation",
+}
 
 __all__ = [
     "ByteTokenizer",
@@ -19,3 +34,15 @@ __all__ = [
     "load_model",
     "stream_text",
 ]
+
+if TYPE_CHECKING:
+    from tinyllm.artifacts import LoadedModel, load_model
+    from tinyllm.generation import SamplingSettings, generate_text, stream_text
+    from tinyllm.model import ModelConfig, Transformer
+    from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
+
+
+def __getattr__(name: str) -> object:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'tinyllm' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)

@@ -23,6 +23,7 @@ from the composed config (`paths.log_dir`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import logging
 import os
@@ -357,7 +358,26 @@ def _key(override: str) -> str:
 
 
 def _overrides(argv: list[str]) -> list[str]:
-    return [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    """The command line's overrides: `key=value` and `~key` (a deletion needs no value)."""
+    return [a for a in argv[1:] if ("=" in a or a.startswith("~")) and not a.startswith("-")]
+
+
+def _values(argv: list[str]) -> dict[str, str]:
+    """key -> value of the `key=value` overrides, unquoted as Hydra reads them: Lightning's DDP
+    launcher passes `hydra.run.dir="..."` on to the other ranks with its quotes."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser, values = OverridesParser.create(), {}
+    for override in _overrides(argv):
+        if "=" not in override:
+            continue
+        value = override.split("=", 1)[1]
+        with contextlib.suppress(HydraException):  # not an override Hydra can read: as given
+            parsed = parser.parse_overrides([override])[0].value()
+            value = parsed if isinstance(parsed, str) else value
+        values[_key(override)] = value
+    return values
 
 
 def _option(argv: list[str], *names: str) -> str | None:
@@ -392,35 +412,41 @@ def check_config(argv: list[str]) -> None:
     """Before Hydra creates the run's folder: the overrides compose, and the values pass the
     checks training starts with (`validate`, `check_machine`), or one ConfigError line names
     the problem and the fix. Hydra would report a bad override over several lines (exit 1) and
-    a bad value would leave a run folder of only its log. A sweep's (`-m`) are Hydra's to
-    expand and its jobs check their own values; with your own `--config-dir` Hydra checks
-    them (the compose API cannot take a primary config from that folder)."""
+    a bad value would leave a run folder of only its log.
+
+    Only a plain run (overrides, no flag) is checked here. With a flag Hydra prints something
+    (`--cfg`, `--help`), sweeps (`-m`) or composes from a folder of yours (`--config-dir`,
+    `--config-path`), and with `hydra.mode=` or a search config (`hparams_search=optuna`) it
+    sweeps: it checks those itself, and each sweep job checks its own values."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    multirun = {"-m", "--multirun", "hydra.mode=MULTIRUN"} & set(argv[1:])
-    if multirun or _option(argv, "--config-dir", "-cd"):
+    if any(a.startswith("-") for a in argv[1:]):
         return
     parser, sweeps = OverridesParser.create(), []
     for override in _overrides(argv):
         try:
-            if parser.parse_overrides([override])[0].is_sweep_override():
-                sweeps.append(override)
+            parsed = parser.parse_overrides([override])[0]
         except OverrideParseException as e:
             raise ConfigError(f"cannot read {override!r}: {error_line(e)}") from None
-    try:
-        # a search config (hparams_search=optuna) switches to MULTIRUN itself: its trials'
-        # values are checked as each one starts; otherwise a sweep's values ask for -m
-        cfg = _composed(tuple(a for a in argv if a not in sweeps))
-        if cfg.hydra.mode == RunMode.MULTIRUN:
+        if parsed.key_or_group == "hydra.mode":
             return
+        if parsed.is_sweep_override():
+            sweeps.append(override)
+    try:
+        if sweeps:  # a search config sweeps by itself; otherwise Hydra asks for -m (below)
+            plain = _composed(tuple(a for a in argv if a not in sweeps))
+            if plain.hydra.mode == RunMode.MULTIRUN:
+                return
         cfg = _composed(tuple(argv))
-    except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(error_line(e)) from None
-    validate(cfg)
-    check_machine(cfg)
+        validate(cfg)
+        check_machine(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        if "HydraConfig was not set" in str(e):  # a ${hydra:...} value: known once Hydra runs
+            return
+        raise e if isinstance(e, ConfigError) else ConfigError(error_line(e)) from None
 
 
 def configured_log_dir(argv: list[str]) -> Path:
@@ -429,7 +455,7 @@ def configured_log_dir(argv: list[str]) -> Path:
     try:
         return Path(_composed(tuple(argv)).paths.log_dir)
     except Exception:  # noqa: BLE001 - a bad override: reported where the run is checked
-        values = {_key(a): a.split("=", 1)[1] for a in _overrides(argv)}
+        values = _values(argv)
         root = values.get("paths.root_dir", ".")
         return Path(values.get("paths.log_dir") or default_log_dir(root))
 
@@ -437,7 +463,7 @@ def configured_log_dir(argv: list[str]) -> Path:
 def check_output_argv(argv: list[str]) -> None:
     """The folder named by `hydra.run.dir=` (or `hydra.sweep.dir=` with -m), or else the
     configured `paths.log_dir`, must be a folder we can write in."""
-    values = {_key(a): a.split("=", 1)[1] for a in _overrides(argv)}
+    values = _values(argv)
     multirun = any(a in ("-m", "--multirun") for a in argv[1:])
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     folder = values.get(key)

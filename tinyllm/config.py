@@ -47,6 +47,11 @@ def matmul_seconds(dtype, rows: int = 2048, width: int = 192, repeats: int = 8) 
     return best
 
 
+# why `fastest_precision` chose as it did, for the run's log (train() writes it): it may first
+# be resolved before logging is set up (train.py's checks before Hydra starts)
+PRECISION_NOTES: list[str] = []
+
+
 @functools.cache
 def fastest_precision() -> str:
     """`${tinyllm.precision:}`: bf16-mixed where the hardware runs bf16 faster, else 32-true.
@@ -68,10 +73,9 @@ def fastest_precision() -> str:
         return "bf16-mixed" if amx else "32-true"
     fp32, bf16 = matmul_seconds(torch.float32), matmul_seconds(torch.bfloat16)
     choice = "bf16-mixed" if bf16 <= BF16_MATMUL_SHARE * fp32 else "32-true"
-    log.info(
-        "precision %s: a bf16 matmul takes %.0f%% of fp32's on this CPU (AVX512-BF16, no AMX)",
-        choice,
-        100 * bf16 / fp32,
+    PRECISION_NOTES.append(
+        f"precision {choice}: a bf16 matmul takes {100 * bf16 / fp32:.0f}% of fp32's on this "
+        "CPU (AVX512-BF16, no AMX)"
     )
     return choice
 
@@ -389,7 +393,9 @@ def error_line(error: BaseException, *, named: str = "") -> str:
 def validate(cfg: DictConfig) -> TrainingConfig:
     """Check the composed config; return the typed training recipe."""
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(TrainingConfig), cfg.training)
+        # resolved in the whole config first: `${training.max_context}` names its root
+        training = OmegaConf.to_container(cfg.training, resolve=True)
+        merged = OmegaConf.merge(OmegaConf.structured(TrainingConfig), training)
         training = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
@@ -417,6 +423,14 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     check_rules(cfg)
+    for group in ("callbacks", "logger"):  # each entry is instantiated: a config, or null (off)
+        entries = cfg.get(group)
+        for name, entry in entries.items() if isinstance(entries, DictConfig) else ():
+            if entry is not None and not isinstance(entry, DictConfig):
+                raise ConfigError(
+                    f"{group}.{name} must be a config with a _target_ (or null to switch it "
+                    f"off), got {entry!r}"
+                )
     return training
 
 
@@ -437,7 +451,8 @@ def check_machine(cfg: DictConfig) -> None:
             "train with trainer=cpu (or trainer.accelerator=auto)"
         )
     for name, entry in (cfg.get("logger") or {}).items():
-        target = str(entry["_target_"]) if entry and "_target_" in entry else ""
+        has_target = isinstance(entry, DictConfig) and "_target_" in entry
+        target = str(entry["_target_"]) if has_target else ""
         package, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(

@@ -27,6 +27,7 @@ from tinyllm.callbacks import (
 )
 from tinyllm.checkpointing import AtomicCheckpointIO, check_continues, verify_checkpoint
 from tinyllm.config import (
+    PRECISION_NOTES,
     ConfigError,
     check_machine,
     parse_duration,
@@ -103,6 +104,8 @@ def train(cfg: DictConfig) -> float | None:
     validate(cfg)
     check_machine(cfg)
     route_lightning_logs_to_root()
+    for note in PRECISION_NOTES:  # the measured choice, in every run's log (sweep jobs too)
+        log.info("%s", note)
     output_dir = Path(cfg.paths.output_dir)
     # refuse untrusted pickles before Lightning reads the file
     checkpoint = verify_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else None

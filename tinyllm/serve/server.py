@@ -98,6 +98,18 @@ def model_id_of(path: Path | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # uvicorn shuts down on Ctrl-C or SIGTERM (`kill`), then re-raises the signal to the handler
+    # it found: Ctrl-C's KeyboardInterrupt, and SIGTERM made one, so both stop alike (exit 0);
+    # before serving (imports, loading the model) either one is a line and 130, no traceback
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return _serve(args)
+    except KeyboardInterrupt:
+        print("tinyllm-serve: interrupted before serving", file=sys.stderr)
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
@@ -155,9 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3)
     )
-    # uvicorn shuts down on Ctrl-C or SIGTERM (`kill`), then re-raises the signal to the handler
-    # it found: Ctrl-C's KeyboardInterrupt, and SIGTERM made one, so both stop alike (exit 0)
-    signal.signal(signal.SIGTERM, _interrupt)
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     print("tinyllm-serve: stopped", file=sys.stderr)
