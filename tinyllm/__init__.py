@@ -23,23 +23,13 @@ _HOMES = {
     "stream_text": "tinyllm.generation",
 }
 
-__all__ = [
-    "ByteTokenizer",
-    "CharacterTokenizer",
-    "LoadedModel",
-    "ModelConfig",
-    "SamplingSettings",
-    "Transformer",
-    "generate_text",
-    "load_model",
-    "stream_text",
-]
+__all__ = sorted(_HOMES)
 
-if TYPE_CHECKING:
-    from tinyllm.artifacts import LoadedModel, load_model
-    from tinyllm.generation import SamplingSettings, generate_text, stream_text
-    from tinyllm.model import ModelConfig, Transformer
-    from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer
+if TYPE_CHECKING:  # the same names, for type checkers and editors
+    from tinyllm.artifacts import LoadedModel, load_model  # noqa: F401
+    from tinyllm.generation import SamplingSettings, generate_text, stream_text  # noqa: F401
+    from tinyllm.model import ModelConfig, Transformer  # noqa: F401
+    from tinyllm.tokenizer import ByteTokenizer, CharacterTokenizer  # noqa: F401
 
 
 def __getattr__(name: str) -> object:

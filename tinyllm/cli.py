@@ -61,18 +61,16 @@ LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{_LAST}"  # in a run folder
 _RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
 _TRUE = ("true", "yes", "1", "latest", "last")
 _FALSE = ("", "false", "no", "0", "null", "none")
+_INTERRUPTED = "interrupted (Ctrl-C) before training started: nothing was saved"
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
-    try:
-        # Lightning and the training code load here, not with this module: tinyllm-chat and
-        # tinyllm-serve start without them (seconds), and so does a refused value or folder
-        from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
-        from tinyllm.training import train
-    except KeyboardInterrupt:  # seconds of imports: a Ctrl-C in them is no traceback
-        log.warning("interrupted (Ctrl-C) before training started: nothing was saved")
-        sys.exit(130)
+    # Lightning and the training code load here, not with this module: tinyllm-chat and
+    # tinyllm-serve start without them (seconds), and so does a refused value or folder
+    from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
+    from tinyllm.training import train
+
     try:
         return train(cfg)
     except (ConfigError, CorpusError, ArtifactError, RunFolderError) as e:
@@ -94,7 +92,7 @@ def _train_app(cfg: DictConfig) -> float | None:
         log.error("%s", e)
         return exit_job(1, e)
     except KeyboardInterrupt:  # before training (preparing the corpus): fault_guard's are inside
-        log.warning("interrupted (Ctrl-C) before training started: nothing was saved")
+        log.warning(_INTERRUPTED)
         sys.exit(130)
 
 
@@ -109,8 +107,8 @@ def train_main() -> None:
     except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # in the checks or Hydra's set-up (training has its own handling)
-        print("interrupted (Ctrl-C) before training started: nothing was saved", file=sys.stderr)
+    except KeyboardInterrupt:  # the checks, Hydra's set-up, the training code's imports
+        print(_INTERRUPTED, file=sys.stderr)
         sys.exit(130)
 
 
@@ -398,13 +396,14 @@ def _composed(argv: tuple[str, ...]) -> DictConfig:
     without starting a run. Raises Hydra's or OmegaConf's error for a bad override."""
     from hydra import compose, initialize_config_module
 
-    overrides = [a for a in _overrides(list(argv)) if _key(a) not in (*_RUN_KEYS, "hydra")]
+    args = list(argv)  # a tuple: the cache's key
+    overrides = [a for a in _overrides(args) if _key(a) not in (*_RUN_KEYS, "hydra")]
     overrides = [a for a in overrides if not _key(a).startswith("hydra.")]
-    config_dir = _option(list(argv), "--config-dir", "-cd")
+    config_dir = _option(args, "--config-dir", "-cd")
     if config_dir:
         overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
     with initialize_config_module("tinyllm.configs", version_base="1.3"):
-        name = _option(list(argv), "--config-name", "-cn") or "train"
+        name = _option(args, "--config-name", "-cn") or "train"
         return compose(name, overrides=overrides, return_hydra_config=True)
 
 
@@ -446,7 +445,9 @@ def check_config(argv: list[str]) -> None:
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         if "HydraConfig was not set" in str(e):  # a ${hydra:...} value: known once Hydra runs
             return
-        raise e if isinstance(e, ConfigError) else ConfigError(error_line(e)) from None
+        if isinstance(e, ConfigError):  # validate's own line
+            raise
+        raise ConfigError(error_line(e)) from None
 
 
 def configured_log_dir(argv: list[str]) -> Path:

@@ -394,8 +394,8 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     """Check the composed config; return the typed training recipe."""
     try:
         # resolved in the whole config first: `${training.max_context}` names its root
-        training = OmegaConf.to_container(cfg.training, resolve=True)
-        merged = OmegaConf.merge(OmegaConf.structured(TrainingConfig), training)
+        values = OmegaConf.to_container(cfg.training, resolve=True)
+        merged = OmegaConf.merge(OmegaConf.structured(TrainingConfig), values)
         training = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
@@ -440,9 +440,9 @@ LOGGER_EXTRAS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", 
 
 
 def check_machine(cfg: DictConfig) -> None:
-    """What the config asks of this machine (`validate` checks the config alone): a GPU config
-    without a GPU, or a logger without its package, stops here, before the corpus is prepared
-    and the run's files written."""
+    """What the config asks of this machine (after `validate`, which checks the config alone:
+    each logger entry a config or null): a GPU config without a GPU, or a logger without its
+    package, stops here, before the corpus is prepared and the run's files written."""
 
     accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
     if accelerator in ("gpu", "cuda") and not trains_on_cuda(accelerator):
@@ -451,8 +451,7 @@ def check_machine(cfg: DictConfig) -> None:
             "train with trainer=cpu (or trainer.accelerator=auto)"
         )
     for name, entry in (cfg.get("logger") or {}).items():
-        has_target = isinstance(entry, DictConfig) and "_target_" in entry
-        target = str(entry["_target_"]) if has_target else ""
+        target = str(entry["_target_"]) if entry and "_target_" in entry else ""
         package, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
         if package and importlib.util.find_spec(package) is None:
             raise ConfigError(
