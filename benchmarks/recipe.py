@@ -108,6 +108,11 @@ FINAL = {
     # the default recipe exactly as a user runs it (its 10-minute time budget), two seeds
     "default": [],
     "default_seed2": ["seed=2"],
+    # a deeper model, more dropout (2026-11-27, AMX Xeon: lower on tiny-shakespeare, higher on the
+    # default corpus: not adopted), and that dropout alone
+    "six_layers_d0.1": ["model.n_layer=6", "model.dropout=0.1"],
+    "six_layers_d0.1_seed2": ["model.n_layer=6", "model.dropout=0.1", "seed=2"],
+    "d0.1": ["model.dropout=0.1"],
     # the previous round's tuned recipe (AdamW), under the same 10-minute budget
     "tinyshakespeare_cpu": ["experiment=tinyshakespeare_cpu", "training.time_budget=10m"],
     # nanoGPT's README CPU recipe, as close as our pipeline gets: 4x4x128, context 64, batch 12,
