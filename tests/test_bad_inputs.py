@@ -138,7 +138,7 @@ REFUSED_BEFORE_HYDRA = {
     "unknown group option", "unreadable override", "a list or a sweep?",
     "an interpolation to nothing", "a group set to null", "a logger that is not a config",
     "a GPU config without a GPU", "logger=mlflow without its extra",
-    "logger=wandb without its extra",
+    "logger=wandb without its extra", "missing corpus",
 }  # fmt: skip
 
 

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 
 from tinyllm.artifacts import ArtifactError
 from tinyllm.config import ConfigError, check_machine, error_line, validate
-from tinyllm.corpus import CorpusError
+from tinyllm.corpus import CorpusError, corpus_files
 from tinyllm.io import write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
@@ -416,7 +416,9 @@ def check_config(argv: list[str]) -> None:
     Only a plain run (overrides, no flag) is checked here. With a flag Hydra prints something
     (`--cfg`, `--help`), sweeps (`-m`) or composes from a folder of yours (`--config-dir`,
     `--config-path`), and with `hydra.mode=` or a search config (`hparams_search=optuna`) it
-    sweeps: it checks those itself, and each sweep job checks its own values."""
+    sweeps: it checks those itself, and each sweep job checks its own values. The corpus is
+    looked up as the run's first step looks it up (`corpus_files`); a text too short for its
+    windows is found when the run reads it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException, OverrideParseException
     from hydra.types import RunMode
@@ -442,6 +444,10 @@ def check_config(argv: list[str]) -> None:
         cfg = _composed(tuple(argv))
         validate(cfg)
         check_machine(cfg)
+        if cfg.data.path is not None:  # the run's first step: a missing file, an empty folder
+            corpus_files(cfg.data.path)
+    except CorpusError as e:
+        raise ConfigError(str(e)) from None
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         if "HydraConfig was not set" in str(e):  # a ${hydra:...} value: known once Hydra runs
             return
