@@ -44,6 +44,7 @@ from tinyllm.corpus import CorpusError, corpus_files
 from tinyllm.io import write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
+    LAST_CHECKPOINT,
     RUN_CONFIG,
     CheckpointError,
     RunFolderError,
@@ -51,12 +52,11 @@ from tinyllm.runs import (
     default_log_dir,
     newest_with,
 )
-from tinyllm.runs import LAST_CHECKPOINT as _LAST
 from tinyllm.sweep import exit_job
 
 log = logging.getLogger("tinyllm.train")
 
-LAST_CHECKPOINT = f"{CHECKPOINT_DIR}/{_LAST}"  # in a run folder
+_LAST_IN_RUN = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"  # a run folder's, relative to it
 # overrides that name the run itself; a resumed run gets them anew
 _RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
 _TRUE = ("true", "yes", "1", "latest", "last")
@@ -480,9 +480,9 @@ def check_output_argv(argv: list[str]) -> None:
         return
     path = Path(folder).expanduser()
     new_run = key == "hydra.run.dir" and "ckpt_path" not in values
-    if new_run and (path / LAST_CHECKPOINT).is_file():  # a new run would mix its files in
+    if new_run and (path / _LAST_IN_RUN).is_file():  # a new run would mix its files in
         raise RunFolderError(
-            f"{path} already holds a run ({LAST_CHECKPOINT}): continue it with "
+            f"{path} already holds a run ({_LAST_IN_RUN}): continue it with "
             f"resume={path}, or set hydra.run.dir to a new folder"
         )
     try:
@@ -502,10 +502,10 @@ def check_output_argv(argv: list[str]) -> None:
 
 def find_resumable_run(log_dir: str | Path) -> Path:
     """The run folder under `log_dir` whose `checkpoints/last.ckpt` was written most recently."""
-    run = newest_with(log_dir, LAST_CHECKPOINT)
+    run = newest_with(log_dir, _LAST_IN_RUN)
     if run is None:
         raise CheckpointError(
-            f"no run to resume under {log_dir}/ (none has {LAST_CHECKPOINT}): "
+            f"no run to resume under {log_dir}/ (none has {_LAST_IN_RUN}): "
             "start one with `python train.py`, or pass resume=<run folder>"
         )
     return run
@@ -516,7 +516,7 @@ def resolve_resume(value: str, log_dir: str | Path) -> tuple[Path, Path]:
     .ckpt inside a run's checkpoints/ folder."""
     if value.strip().lower() in _TRUE:
         run = find_resumable_run(log_dir)
-        return run, run / LAST_CHECKPOINT
+        return run, run / _LAST_IN_RUN
     path = Path(value).expanduser()
     if path.is_file() and path.suffix == ".ckpt":
         if path.parent.name != CHECKPOINT_DIR:
@@ -526,11 +526,10 @@ def resolve_resume(value: str, log_dir: str | Path) -> tuple[Path, Path]:
             )
         return path.parent.parent, path
     if path.is_dir():
-        if (path / LAST_CHECKPOINT).is_file():
-            return path, path / LAST_CHECKPOINT
+        if (path / _LAST_IN_RUN).is_file():
+            return path, path / _LAST_IN_RUN
         raise CheckpointError(
-            f"{path} has no {LAST_CHECKPOINT} to resume from (pass a run folder of "
-            "`python train.py`)"
+            f"{path} has no {_LAST_IN_RUN} to resume from (pass a run folder of `python train.py`)"
         )
     raise CheckpointError(f"resume={value}: no such run folder or checkpoint")
 
