@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,7 +57,11 @@ def nanogpt_curve(path: str | Path) -> tuple[str, list[float], list[float]]:
     """(label, seconds, val loss) of a benchmarks/nanogpt.py curve file."""
     result = json.loads(Path(path).read_text())
     device = str(result.get("device") or "?").upper()
-    label = f"nanoGPT {device} recipe ({result.get('eval_iters')}-batch estimate)"
+    # its iterations (the last --max_iters of the command): a run longer than the recipe's own
+    # 2,000 is told apart from it
+    iters = re.findall(r"--max_iters=(\d+)", str(result.get("recipe", "")))
+    length = f", {int(iters[-1]):,} iterations" if iters else ""
+    label = f"nanoGPT {device} recipe{length} ({result.get('eval_iters')}-batch estimate)"
     curve = result["curve"]
     return label, [p["seconds"] for p in curve], [p["val_loss"] for p in curve]
 

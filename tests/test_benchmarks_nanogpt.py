@@ -123,8 +123,14 @@ def test_plot_draws_nanogpt_curve_with_runs(tmp_path):
     curve = {"device": "cpu", "eval_iters": 20, "curve": stamped_curve()}
     path = tmp_path / "curve.json"
     path.write_text(json.dumps(curve))
-    finals = plot.plot([], str(tmp_path / "curve.png"), nanogpt=[str(path)])
+    # a longer run of the same recipe is labelled by its iterations (the command's last value)
+    longer = {**curve, "recipe": "python train.py --max_iters=2000 --max_iters=18000"}
+    (tmp_path / "longer.json").write_text(json.dumps(longer))
+    finals = plot.plot(
+        [], str(tmp_path / "curve.png"), nanogpt=[str(path), str(tmp_path / "longer.json")]
+    )
     assert finals["nanoGPT CPU recipe (20-batch estimate)"]["best"] == pytest.approx(3.7525)
+    assert "nanoGPT CPU recipe, 18,000 iterations (20-batch estimate)" in finals
     assert (tmp_path / "curve.png").stat().st_size > 0
 
 

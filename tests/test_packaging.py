@@ -73,6 +73,7 @@ def test_configs_live_in_the_package_and_configs_links_there():
 def test_console_scripts_train_eval_and_chat_from_another_folder(tmp_path, corpus_file):
     help_text = command("tinyllm-train", "--help", cwd=tmp_path)
     assert help_text.returncode == 0, help_text.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty outputs/ from the output folder's check
     for option in ("model: ", "hparams_search: optuna", "ddp", "experiment: "):
         assert option in help_text.stdout
     run_dir = tmp_path / "run"

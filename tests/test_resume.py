@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -274,9 +275,17 @@ def test_sigkill_then_resume_true(tmp_path, corpus_file):
 
 def test_a_quoted_run_folder_is_checked_as_hydra_reads_it(tmp_path, monkeypatch):
     """Lightning's DDP launcher starts the other ranks with `hydra.run.dir="..."`, quotes
-    included: the folder checked (and made) before Hydra starts is the one Hydra will use."""
+    included: the folder checked before Hydra starts is the one Hydra will use (here, one that
+    already holds a run: refused by its name, without the quotes). The check leaves no folder
+    it made for its probe."""
     from tinyllm.cli import check_output_argv
+    from tinyllm.runs import RunFolderError
 
     monkeypatch.chdir(tmp_path)
-    check_output_argv(["train.py", f'hydra.run.dir="{tmp_path}/run one"'])
-    assert [p.name for p in tmp_path.iterdir()] == ["run one"]
+    check_output_argv(["train.py", f'hydra.run.dir="{tmp_path}/new run/inside"'])
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "run one" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run one" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    refused = re.escape(f"{tmp_path}/run one already holds a run")
+    with pytest.raises(RunFolderError, match=f"^{refused}"):
+        check_output_argv(["train.py", f'hydra.run.dir="{tmp_path}/run one"'])

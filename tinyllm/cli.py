@@ -485,6 +485,9 @@ def check_output_argv(argv: list[str]) -> None:
             f"{path} already holds a run ({_LAST_IN_RUN}): continue it with "
             f"resume={path}, or set hydra.run.dir to a new folder"
         )
+    # made to be probed, then removed again: Hydra makes the run's folder, and a command that
+    # runs nothing (--help, --cfg job) leaves no empty outputs/ behind
+    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -495,6 +498,10 @@ def check_output_argv(argv: list[str]) -> None:
             f"output folder {path} is not writable ({e.strerror or e}): set {key} to a "
             "writable folder"
         ) from None
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: another run made its folder there
+                folder.rmdir()
 
 
 # --- resume=true / resume=PATH ---------------------------------------------------------------
