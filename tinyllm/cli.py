@@ -234,8 +234,6 @@ def prepare_main(argv: list[str] | None = None) -> int:
     the one `tinyllm-train` with those overrides maps; prepare on one machine, copy data/ (or
     share it) and train on another. Prints where the cache is; exits 2 with one line on bad input.
     """
-    import argparse
-
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from hydra.utils import instantiate
