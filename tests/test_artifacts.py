@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from tinyllm.artifacts import (
     ArtifactError,
     load_model,
+    read_tokenizer,
     save_artifacts,
 )
 from tinyllm.generation import SamplingSettings, generate_text
@@ -47,7 +48,7 @@ def test_best_loads_without_pickle_and_generates(trained_run, no_pickle):
     config = json.loads((best / "model_config.json").read_text(encoding="utf-8"))
     assert loaded.model.config == ModelConfig.from_dict(config)
     assert not loaded.model.training
-    assert loaded.tokenizer.vocab == CharacterTokenizer.from_file(best / "tokenizer.json").vocab
+    assert loaded.tokenizer.vocab == read_tokenizer(best / "tokenizer.json").vocab
     assert loaded.metadata == json.loads((best / "metadata.json").read_text(encoding="utf-8"))
     assert loaded.path == best
 

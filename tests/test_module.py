@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tinyllm.data import CharDataModule
-from tinyllm.module import LanguageModel, LRPlan, warmup_cosine
+from tinyllm.module import LanguageModel, LRPlan
 from tinyllm.optimizers import CombinedOptimizer, build_optimizer
 
 
@@ -24,7 +24,8 @@ def tiny_model_config(vocab_size: int, **overrides) -> dict:
 
 def test_warmup_cosine_shape():
     warmup, decay, floor = 10, 110, 0.1
-    values = [warmup_cosine(step, warmup, decay, floor) for step in range(200)]
+    plan = LRPlan(warmup_steps=warmup, end_step=decay, min_lr_ratio=floor)
+    values = [plan.multiplier(step) for step in range(200)]
     # linear rise during warmup, reaching 1 on its last step
     assert values[0] == pytest.approx(1 / warmup)
     assert all(b > a for a, b in pairwise(values[:warmup]))
@@ -38,7 +39,7 @@ def test_warmup_cosine_shape():
     assert values[decay:] == [floor] * (200 - decay)
     assert min(values) == pytest.approx(floor)
     # no warmup: full rate from the first step
-    assert warmup_cosine(0, 0, 100, floor) == pytest.approx(1.0)
+    assert LRPlan(0, 100, floor).multiplier(0) == pytest.approx(1.0)
 
 
 def test_warmup_stable_decay_shape():
@@ -129,7 +130,7 @@ def test_real_fit_learns_with_the_selected_optimizer(datamodule, name, cls):
     assert optimizer.param_groups[0]["lr"] == pytest.approx(lr * floor)
     # `lr` is logged as the rate of the last step
     assert float(trainer.callback_metrics["lr"]) == pytest.approx(
-        lr * warmup_cosine(steps - 1, 3, steps, floor)
+        lr * LRPlan(3, steps, floor).multiplier(steps - 1)
     )
 
 

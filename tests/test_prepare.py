@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinyllm import prepare
+from tinyllm.artifacts import read_tokenizer
 from tinyllm.corpus import (
     CorpusError,
     clean_chunks,
@@ -32,7 +33,6 @@ from tinyllm.prepare import PrepareSettings, prepare_corpus
 from tinyllm.tokenizer import (
     ByteTokenizer,
     CharacterTokenizer,
-    load_tokenizer,
     new_tokenizer,
     tokenizer_from_state,
 )
@@ -378,7 +378,6 @@ def test_folder_and_glob_concatenate_files_in_sorted_order(tmp_path):
     dm = datamodule(f"{books}/*.txt", tmp_path / "cache", chunk_bytes=7, val_split=0.3)
     text = dm.tokenizer.decode(torch.cat([dm.train_ids, dm.val_ids]).tolist())
     assert text == "first book, no final newline\n\n" + "second book\n" * 30
-    assert dm.load_text() == text  # evaluation reads the same corpus
 
 
 def test_a_folder_follows_linked_sub_folders_once_each(tmp_path):
@@ -422,7 +421,7 @@ def test_byte_tokenizer_encodes_anything_and_round_trips(tmp_path):
     tokenizer.save_state(tmp_path / "tokenizer.json")
     state = json.loads((tmp_path / "tokenizer.json").read_text())
     assert state["format"] != CharacterTokenizer().fit("ab").state_dict()["format"]
-    assert isinstance(load_tokenizer(tmp_path / "tokenizer.json"), ByteTokenizer)
+    assert isinstance(read_tokenizer(tmp_path / "tokenizer.json"), ByteTokenizer)
     chars = CharacterTokenizer().fit("ab")
     assert tokenizer_from_state(chars.state_dict()) == chars
     with pytest.raises(ValueError, match="data.tokenizer must be one of chars, bytes"):
@@ -506,7 +505,7 @@ def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch
     mapped = [line for line in log_text.splitlines() if "memory-mapped from" in line]
     assert mapped and manifest.parent.name in mapped[0]  # prepared once, not again
     assert manifest.stat().st_mtime_ns == written
-    assert isinstance(load_tokenizer(run_dir / "best" / "tokenizer.json"), ByteTokenizer)
+    assert isinstance(read_tokenizer(run_dir / "best" / "tokenizer.json"), ByteTokenizer)
 
     plain = {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
     chat = run_chat(str(run_dir), "--prompt", "Grüße ☃ 𝄞", "--max-tokens", "80", "--seed", "1",
@@ -515,11 +514,11 @@ def test_byte_tokenizer_end_to_end_prepare_train_chat_eval(tmp_path, monkeypatch
     assert "Traceback" not in chat.stderr and "dropped" not in chat.stderr  # nothing unknown
     assert chat.stdout.strip()
 
-    def must_not_read(self):
+    def must_not_read(*args, **kwargs):
         raise AssertionError("the run's own corpus is evaluated from its token cache")
 
-    with monkeypatch.context() as patched:
-        patched.setattr(CharDataModule, "load_text", must_not_read)
+    with monkeypatch.context() as patched:  # the one place a corpus's text is read
+        patched.setattr(prepare, "iter_corpus_text", must_not_read)
         assert eval_main([str(run_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     corpus_bytes = json.loads(manifest.read_text())["num_tokens"]

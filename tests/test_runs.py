@@ -14,8 +14,8 @@ import pytest
 import yaml
 from conftest import ROOT, TINY_OVERRIDES, compose_config
 
+from tinyllm.artifacts import read_tokenizer
 from tinyllm.runs import LOCK_FILE, RunFolderError, RunLock, unique_folder
-from tinyllm.tokenizer import CharacterTokenizer
 from tinyllm.training import train
 
 # a moved log dir (TINYLLM_OUTPUTS, paths.log_dir) used by train.py, resume=true and chat.py:
@@ -58,7 +58,7 @@ def test_two_runs_started_at_once_get_two_consistent_folders(tmp_path):
         seeds.add(config["seed"])
         vocab = set(Path(config["data"]["path"]).read_text())
         for tokenizer in (run / "tokenizer.json", run / "best" / "tokenizer.json"):
-            assert set(CharacterTokenizer.from_file(tokenizer).vocab) == vocab
+            assert set(read_tokenizer(tokenizer).vocab) == vocab
         assert not (run / LOCK_FILE).exists()  # released at the end
     assert seeds == {0, 1}
 

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tinyllm.module import warmup_cosine
+from tinyllm.module import LRPlan
 from tinyllm.sweep import (
     RESULT_FILE,
     SweepSummary,
@@ -75,7 +75,8 @@ def test_grid_sweep_writes_a_summary_best_first(tmp_path, corpus_file):
         assert len(list((job_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1
         assert (job_dir / "train.log").is_file()
         (lr,) = read_events(job_dir / "tensorboard").Scalars("lr")  # one log every 10 steps
-        schedule = warmup_cosine(lr.step, cfg.training.warmup_steps, 10, cfg.training.min_lr_ratio)
+        plan = LRPlan(cfg.training.warmup_steps, 10, cfg.training.min_lr_ratio)
+        schedule = plan.multiplier(lr.step)
         assert lr.value == pytest.approx(rate * schedule, rel=1e-5)
         weights[row["model.n_layer"], row["training.learning_rate"]] = load_file(
             job_dir / "best" / "model.safetensors"

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tinyllm.artifacts import ArtifactError, read_tokenizer
 from tinyllm.tokenizer import FORMAT, VERSION, CharacterTokenizer, UnknownCharactersError
 
 TEXT = "To be, or not to be: that is the question.\nWhether 'tis nobler — in the mind?\n"
@@ -69,12 +70,9 @@ def test_state_file_is_versioned_readable_json_and_round_trips(tmp_path):
     assert raw.count("\n") > tokenizer.vocab_size
     assert '"—"' in raw and "\\u" not in raw
 
-    loaded = CharacterTokenizer.from_file(path)
-    assert loaded.vocab == tokenizer.vocab
+    loaded = read_tokenizer(path)  # the one reader of saved tokenizers (tinyllm.artifacts)
+    assert isinstance(loaded, CharacterTokenizer) and loaded.vocab == tokenizer.vocab
     assert loaded.decode(loaded.encode(TEXT)) == TEXT
-    # load_state replaces the vocabulary of an existing tokenizer in place
-    other = CharacterTokenizer().fit("xyz")
-    assert other.load_state(path) is other and other.vocab == tokenizer.vocab
 
 
 @pytest.mark.parametrize(
@@ -90,15 +88,15 @@ def test_state_file_is_versioned_readable_json_and_round_trips(tmp_path):
 def test_load_rejects_bad_state(tmp_path, state, match):
     path = tmp_path / "tokenizer.json"
     path.write_text(json.dumps(state), encoding="utf-8")
-    with pytest.raises(ValueError, match=match):
-        CharacterTokenizer.from_file(path)
+    with pytest.raises(ArtifactError, match=f"{path} is invalid: .*{match}"):
+        read_tokenizer(path)
 
 
 def test_load_rejects_invalid_json(tmp_path):
     path = tmp_path / "tokenizer.json"
     path.write_text('{"format": ', encoding="utf-8")
-    with pytest.raises(ValueError, match="not valid JSON"):
-        CharacterTokenizer.from_file(path)
+    with pytest.raises(ArtifactError, match="not valid JSON .*: the file is damaged"):
+        read_tokenizer(path)
 
 
 @settings(max_examples=150, deadline=None)
@@ -112,6 +110,6 @@ def test_any_fitted_text_round_trips(text):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tokenizer.json"
         tokenizer.save_state(path)
-        restored = CharacterTokenizer.from_file(path)
+        restored = read_tokenizer(path)
     assert restored.vocab == tokenizer.vocab
     assert restored.encode(text) == ids

@@ -13,9 +13,8 @@ from conftest import TINY_OVERRIDES, compose_config, read_events, without
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from tinyllm.artifacts import load_model
-from tinyllm.module import warmup_cosine
-from tinyllm.tokenizer import CharacterTokenizer
+from tinyllm.artifacts import load_model, read_tokenizer
+from tinyllm.module import LRPlan
 from tinyllm.training import train
 
 BEST_CKPT = re.compile(r"best-step(\d{6})-val(\d+\.\d{4})\.ckpt")
@@ -46,7 +45,7 @@ def test_run_folder_holds_every_output(trained_run, corpus_file):
     assert "${" not in (trained_run / "config.yaml").read_text()
 
     text = corpus_file.read_text(encoding="utf-8")
-    tokenizer = CharacterTokenizer.from_file(trained_run / "tokenizer.json")
+    tokenizer = read_tokenizer(trained_run / "tokenizer.json")
     assert tokenizer.vocab == sorted(set(text))
     saved = (trained_run / "tokenizer.json").read_text(encoding="utf-8")
     assert saved == (trained_run / "best" / "tokenizer.json").read_text(encoding="utf-8")
@@ -115,9 +114,8 @@ def test_tensorboard_events(trained_run):
 
     t = cfg.training  # the logged rate follows warmup + cosine over trainer.max_steps
     for event in events.Scalars("lr"):
-        expected = t.learning_rate * warmup_cosine(
-            event.step, t.warmup_steps, cfg.trainer.max_steps, t.min_lr_ratio
-        )
+        plan = LRPlan(t.warmup_steps, cfg.trainer.max_steps, t.min_lr_ratio)
+        expected = t.learning_rate * plan.multiplier(event.step)
         assert event.value == pytest.approx(expected, rel=1e-5)
 
 
@@ -128,7 +126,7 @@ def test_tensorboard_text_samples(trained_run):
     cfg = run_config(trained_run)
     every = cfg.training.sample_frequency
     assert [s.step for s in samples] == list(range(every, cfg.trainer.max_steps + 1, every))
-    vocab = set(CharacterTokenizer.from_file(trained_run / "tokenizer.json").vocab)
+    vocab = set(read_tokenizer(trained_run / "tokenizer.json").vocab)
     log = (trained_run / "train.log").read_text(encoding="utf-8")
     for sample in samples:
         text = sample.tensor_proto.string_val[0].decode("utf-8")

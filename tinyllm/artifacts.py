@@ -25,7 +25,7 @@ from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 from tinyllm.io import write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.runs import default_log_dir, newest_with
-from tinyllm.tokenizer import CharacterTokenizer, tokenizer_from_state
+from tinyllm.tokenizer import CharacterTokenizer, Tokenizer, tokenizer_from_state
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -211,6 +211,18 @@ def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
         ) from None
 
 
+def read_tokenizer(path: str | Path) -> Tokenizer:
+    """A saved tokenizer.json, of whichever kind wrote it; ArtifactError naming the file if it is
+    missing, damaged or not a tokenizer this tinyllm reads."""
+    path = Path(path)
+    try:
+        return tokenizer_from_state(_read_json(path))
+    except ArtifactError:
+        raise
+    except ValueError as e:
+        raise ArtifactError(f"{path} is invalid: {e}") from None
+
+
 def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     directory = Path(directory)
     try:
@@ -220,12 +232,7 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
         if isinstance(e, ArtifactError):
             raise
         raise ArtifactError(f"{directory / CONFIG_FILE} is invalid: {e}") from None
-    try:
-        tokenizer = tokenizer_from_state(_read_json(directory / TOKENIZER_FILE))
-    except ArtifactError:
-        raise
-    except ValueError as e:
-        raise ArtifactError(f"{directory / TOKENIZER_FILE} is invalid: {e}") from None
+    tokenizer = read_tokenizer(directory / TOKENIZER_FILE)
     if tokenizer.vocab_size != config.vocab_size:
         raise ArtifactError(
             f"{directory}: tokenizer has {tokenizer.vocab_size} characters but the model expects "

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tinyllm.corpus import CorpusError, clean_chunks, corpus_files, iter_corpus_text
+from tinyllm.corpus import CorpusError, corpus_files
 from tinyllm.prepare import (
     CHUNK_BYTES,
     IDS_FILE,
@@ -270,16 +270,6 @@ class CharDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Convert and encode the corpus once (Lightning calls this on one process)."""
         self.prepare()
-
-    def load_text(self) -> str:
-        """The whole cleaned corpus as one string (evaluation; small corpora)."""
-        chunks = iter_corpus_text(self.corpus_files(), self.encoding, self.chunk_bytes)
-        text = "".join(
-            clean_chunks(chunks, lowercase=self.lowercase, normalize=self.normalize_whitespace)
-        )
-        if not text.strip():
-            raise CorpusError(f"corpus {self.source} is empty after cleaning")
-        return text
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ids is not None:

@@ -13,7 +13,6 @@ batched decoding of tinyllm.generation.BatchDecoder); both sample with `sample_n
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
@@ -108,13 +107,6 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")
         return cls(**data)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
 
 
 class KVCache:

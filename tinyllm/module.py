@@ -85,11 +85,6 @@ def _is_compile_failure(error: Exception) -> bool:
     return type(error).__module__.startswith(("torch._dynamo", "torch._inductor"))
 
 
-def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: float) -> float:
-    """LR multiplier: linear warmup to 1, cosine decay to `min_lr_ratio` at `decay_steps`, flat."""
-    return LRPlan(warmup_steps, decay_steps, min_lr_ratio).multiplier(step)
-
-
 class LanguageModel(L.LightningModule):
     LOSS_REFRESH_SECONDS = 0.25
 

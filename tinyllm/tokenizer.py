@@ -8,7 +8,8 @@ saved model can be paired with its tokenizer by content alone.
 nothing is ever unknown; a character may take several ids, and a stream of ids can stop in the
 middle of one. Both give an incremental decoder that returns only completed characters.
 
-The saved state names its format, so `tokenizer_from_state` rebuilds the right class.
+The saved state names its format, so `tokenizer_from_state` rebuilds the right class
+(files are read by `tinyllm.artifacts.read_tokenizer`, with the other saved files' checks).
 """
 
 from __future__ import annotations
@@ -118,19 +119,6 @@ class CharacterTokenizer:
         text = json.dumps(self.state_dict(), ensure_ascii=False, indent=1)
         write_atomic(Path(path), (text + "\n").encode("utf-8"))
 
-    def load_state(self, path: str | Path) -> CharacterTokenizer:
-        path = Path(path)
-        try:
-            state = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"tokenizer file {path} is not valid JSON ({e.msg})") from None
-        self._set_vocab(self.from_state_dict(state).vocab)
-        return self
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> CharacterTokenizer:
-        return cls().load_state(path)
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharacterTokenizer) and other.vocab == self.vocab
 
@@ -232,13 +220,3 @@ def tokenizer_from_state(state: object) -> Tokenizer:
     if isinstance(state, dict) and state.get("format") == BYTE_FORMAT:
         return ByteTokenizer.from_state_dict(state)
     return CharacterTokenizer.from_state_dict(state)
-
-
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A tokenizer.json of either kind."""
-    path = Path(path)
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"tokenizer file {path} is not valid JSON ({e.msg})") from None
-    return tokenizer_from_state(state)
