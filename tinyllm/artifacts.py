@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -26,6 +28,8 @@ from tinyllm.io import write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.runs import default_log_dir, newest_with
 from tinyllm.tokenizer import CharacterTokenizer, Tokenizer, tokenizer_from_state
+
+T = TypeVar("T")
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "model_config.json"
@@ -211,27 +215,29 @@ def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
         ) from None
 
 
+def _read_parsed(path: Path, parse: Callable[[dict], T]) -> T:
+    """A saved JSON file turned into its object by `parse`; its ValueError or TypeError (a value
+    of the wrong kind) becomes one ArtifactError naming the file."""
+    try:
+        return parse(_read_json(path))
+    except ArtifactError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{path} is invalid: {e}") from None
+
+
 def read_tokenizer(path: str | Path) -> Tokenizer:
     """A saved tokenizer.json, of whichever kind wrote it; ArtifactError naming the file if it is
     missing, damaged or not a tokenizer this tinyllm reads."""
-    path = Path(path)
-    try:
-        return tokenizer_from_state(_read_json(path))
-    except ArtifactError:
-        raise
-    except ValueError as e:
-        raise ArtifactError(f"{path} is invalid: {e}") from None
+    return _read_parsed(Path(path), tokenizer_from_state)
 
 
 def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
     directory = Path(directory)
-    try:
-        raw_config = _read_json(directory / CONFIG_FILE)
-        config = ModelConfig.from_dict(check_model_config(raw_config, directory / CONFIG_FILE))
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ArtifactError):
-            raise
-        raise ArtifactError(f"{directory / CONFIG_FILE} is invalid: {e}") from None
+    config_path = directory / CONFIG_FILE
+    config = _read_parsed(
+        config_path, lambda data: ModelConfig.from_dict(check_model_config(data, config_path))
+    )
     tokenizer = read_tokenizer(directory / TOKENIZER_FILE)
     if tokenizer.vocab_size != config.vocab_size:
         raise ArtifactError(
