@@ -13,8 +13,10 @@ nanoGPT's CPU hyper-parameters (target: the pipeline >= nanoGPT's ~16k tokens/s)
 
 `--floor` splits the nanoGPT recipe's overhead: the plain loop; Lightning's floor (a bare
 LightningModule over the same model, optimizer, schedule and clipping, with no callback, logger,
-progress bar or checkpointing: the least any Lightning training loop costs); the pipeline without
-its configured callbacks and logger; the whole pipeline.
+progress bar or checkpointing: the least any Lightning training loop costs); the same with as many
+callbacks that override no hook as the pipeline has (Lightning calls every hook on every
+callback: the floor of a loop with that many); the pipeline without its configured callbacks and
+logger; the whole pipeline.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from benchmarks.common import (
     Pipeline,
     StepTimer,
     bench_parser,
+    interleave,
     median,
     report,
 )
@@ -38,10 +41,14 @@ CONFIGS = {"default": [], "nanogpt_cpu": NANOGPT_CPU}
 
 def measure(corpus, overrides, rounds: int, steps: int, warm: int = 3) -> dict:
     pipeline = Pipeline(corpus, overrides)
-    lightning, plain = [], []
-    for _ in range(rounds):
-        lightning.append(pipeline.lightning_round(steps, warm))
-        plain.append(pipeline.plain_round(steps, warm))
+    times = interleave(
+        rounds,
+        {
+            "lightning": lambda: pipeline.lightning_round(steps, warm),
+            "plain": lambda: pipeline.plain_round(steps, warm),
+        },
+    )
+    lightning, plain = times["lightning"], times["plain"]
     tokens = pipeline.tokens_per_step
     result = {
         "model": pipeline.model_config.to_dict(),
@@ -76,8 +83,11 @@ class BareModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
-def bare_round(pipeline: Pipeline, module: BareModule, steps: int, warm: int) -> float:
-    """Seconds per step of a bare Trainer (no callbacks, logger, progress bar, checkpoints)."""
+def bare_round(
+    pipeline: Pipeline, module: BareModule, steps: int, warm: int, idle_callbacks: int = 0
+) -> float:
+    """Seconds per step of a bare Trainer (no callbacks, logger, progress bar, checkpoints), or
+    with `idle_callbacks` callbacks that override no hook: what Lightning's dispatch alone costs."""
     timer = StepTimer(warm, steps)
     trainer = L.Trainer(
         accelerator="cpu",
@@ -85,7 +95,7 @@ def bare_round(pipeline: Pipeline, module: BareModule, steps: int, warm: int) ->
         precision=str(pipeline.cfg.trainer.precision),
         max_steps=warm + steps,
         gradient_clip_val=float(pipeline.cfg.training.gradient_clip) or None,
-        callbacks=[timer],
+        callbacks=[timer, *(L.Callback() for _ in range(idle_callbacks))],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -101,14 +111,21 @@ def floor(corpus, overrides, rounds: int, steps: int, warm: int = 3) -> dict:
     """Milliseconds per step of each layer between the plain loop and the whole pipeline."""
     pipeline = Pipeline(corpus, overrides)
     bare = BareModule(pipeline)
-    rows = {"plain loop": [], "bare Lightning": [], "pipeline, no callbacks or logger": [],
-            "pipeline": []}  # fmt: skip
-    for _ in range(rounds):
-        rows["plain loop"].append(pipeline.plain_round(steps, warm))
-        rows["bare Lightning"].append(bare_round(pipeline, bare, steps, warm))
-        lean = pipeline.lightning_round(steps, warm, callbacks=False, logger=False)
-        rows["pipeline, no callbacks or logger"].append(lean)
-        rows["pipeline"].append(pipeline.lightning_round(steps, warm))
+    # as many callbacks as the pipeline's Trainer holds (the timer is in both)
+    idle = len(pipeline.trainer_callbacks()) - 1
+    idle_row = f"bare Lightning, {idle} idle callbacks"
+    rows = interleave(
+        rounds,
+        {
+            "plain loop": lambda: pipeline.plain_round(steps, warm),
+            "bare Lightning": lambda: bare_round(pipeline, bare, steps, warm),
+            idle_row: lambda: bare_round(pipeline, bare, steps, warm, idle),
+            "pipeline, no callbacks or logger": lambda: pipeline.lightning_round(
+                steps, warm, callbacks=False, logger=False
+            ),
+            "pipeline": lambda: pipeline.lightning_round(steps, warm),
+        },
+    )
     plain = median(rows["plain loop"])
     result = {}
     for name, times in rows.items():
@@ -145,9 +162,11 @@ def main(argv=None) -> None:
     parser = bench_parser(__doc__)
     parser.add_argument("--configs", nargs="*", choices=sorted(CONFIGS))
     parser.add_argument("--floor", action="store_true", help="split the nanoGPT recipe's overhead")
+    parser.add_argument("--rounds", type=int, help="--floor: interleaved rounds (default 7)")
+    parser.add_argument("--steps", type=int, help="--floor: timed steps a round (default 40)")
     args = parser.parse_args(argv)
     if args.floor:
-        rounds, steps = (2, 3) if args.quick else (7, 40)
+        rounds, steps = (2, 3) if args.quick else (args.rounds or 7, args.steps or 40)
         overrides = [*NANOGPT_CPU, *(QUICK if args.quick else []), *args.overrides]
         report("overhead_floor", floor(args.corpus, overrides, rounds, steps))
         return

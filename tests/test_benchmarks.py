@@ -26,11 +26,14 @@ def test_overhead_quick(corpus_file):
 def test_overhead_floor_quick(corpus_file):
     """Each layer between the plain loop and the pipeline is measured on the same model."""
     from benchmarks import overhead
-    from benchmarks.common import NANOGPT_CPU, QUICK
+    from benchmarks.common import NANOGPT_CPU, QUICK, Pipeline
 
     result = overhead.floor(str(corpus_file), [*NANOGPT_CPU, *QUICK], rounds=1, steps=3)
+    idle = len(Pipeline(str(corpus_file), [*NANOGPT_CPU, *QUICK]).trainer_callbacks()) - 1
+    assert idle >= 9  # the configured callbacks and those every run keeps, not the timer
     assert list(result) == [
-        "plain loop", "bare Lightning", "pipeline, no callbacks or logger", "pipeline"
+        "plain loop", "bare Lightning", f"bare Lightning, {idle} idle callbacks",
+        "pipeline, no callbacks or logger", "pipeline",
     ]  # fmt: skip
     assert all(finite(r["ms_per_step"]) and finite(r["ratio"]) for r in result.values())
     assert result["plain loop"]["ratio"] == 1.0
@@ -174,3 +177,17 @@ def test_step_screen_table_pairs_each_run_with_the_control_of_its_seeds(tmp_path
     assert lines[0] == "| run | seed 2 | seed 1337 | mean | against control |"
     assert "| control | 1.5000 | 1.4000 | 1.4500 | +0.0000 |" in lines
     assert "| wd | - | 1.3000 | 1.3000 | -0.1000 |" in lines  # paired on seed 1337 only
+
+
+def test_interleave_rotates_the_order_of_layers():
+    """No layer always runs first, or always after the same one; each is timed once a round."""
+    from benchmarks.common import interleave
+
+    calls: list[str] = []
+
+    def layer(name: str):
+        return lambda: calls.append(name) or float(len(calls))
+
+    times = interleave(3, {name: layer(name) for name in "abc"})
+    assert calls == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert times == {"a": [1.0, 6.0, 8.0], "b": [2.0, 4.0, 9.0], "c": [3.0, 5.0, 7.0]}
