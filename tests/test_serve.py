@@ -282,6 +282,15 @@ def test_null_means_the_default_as_in_openai(server):
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "max_tokens"
 
 
+def test_the_model_may_be_left_out_as_llama_cpp_allows(server):
+    """Without `model` (or with null) the request goes to the one model and names it."""
+    url = server[0] + "/v1/completions"
+    for body in ({"prompt": "ROMEO:", "max_tokens": 3}, {"prompt": "A", "model": None}):
+        reply = httpx.post(url, json=body, timeout=30)
+        assert reply.status_code == 200, reply.text
+        assert reply.json()["model"] == MODEL_ID
+
+
 def test_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as error:
         client.completions.create(model="gpt-9", prompt="a", max_tokens=2)
@@ -317,7 +326,7 @@ def test_a_model_of_a_lowercased_corpus_reads_capitals_as_small_letters(tmp_path
         (json.dumps({"model": MODEL_ID, "prompt": "a", "temperature": "hot"}).encode(), 400,
          "temperature"),
         (json.dumps({"model": MODEL_ID, "prompt": "a", "n": 1.5}).encode(), 400, "n"),
-        (json.dumps({"prompt": "a"}).encode(), 400, "model"),
+        (json.dumps({"model": ["tiny-test"], "prompt": "a"}).encode(), 400, "model"),
         (json.dumps({"model": MODEL_ID, "prompt": "a" * 30_000}).encode(), 413, "bytes"),
         (json.dumps({"model": MODEL_ID, "messages": []}).encode(), 400, "prompt"),
         (b'{"model": "tiny-test", "prompt": "ROMEO\\ud800:"}', 400, "lone surrogate"),

@@ -12,10 +12,12 @@ a system (or developer) message becomes its content and a blank line, with no sp
 reply is primed with `ASSISTANT:\\n`, and without a `stop` of its own it ends at the first
 blank line (the end of the speech).
 
-Usage is counted in characters. Characters of a prompt outside the model's vocabulary are
-dropped (as the console does) and named in the response's `dropped_characters` field (in the
-first chunk when streaming). Every error is an OpenAI error object
-`{"error": {"message", "type", "param", "code"}}` with a 4xx status.
+A request names the model as OpenAI's API requires, or leaves `model` out (as llama.cpp's server
+allows): a server has one model; another name is a 404. Usage is counted in characters.
+Characters of a prompt outside the model's vocabulary are dropped (as the console does) and
+named in the response's `dropped_characters` field (in the first chunk when streaming). Every
+error is an OpenAI error object `{"error": {"message", "type", "param", "code"}}` with a 4xx
+status.
 """
 
 from __future__ import annotations
@@ -97,7 +99,7 @@ class _Body(BaseModel):
     # strict: "0.5" is not a number, 1.0 is not an integer; unknown OpenAI fields are ignored
     model_config = ConfigDict(strict=True, extra="allow")
 
-    model: str
+    model: str | None = None  # left out or null: the one model this server has
     max_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
@@ -281,7 +283,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             first = e.errors()[0]
             param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p)) or None
             raise APIError(400, f"{param}: {first['msg']}", param, "invalid_value") from None
-        if body.model != config.model_id:
+        if body.model is not None and body.model != config.model_id:
             raise APIError(404, f"model {body.model!r} does not exist; this server has "
                            f"{config.model_id!r} (GET /v1/models)", "model",
                            "model_not_found")  # fmt: skip
