@@ -71,6 +71,20 @@ def test_a_taken_folder_name_gets_a_suffix(tmp_path):
     assert unique_folder(base) == made  # the same process asking again: the same folder
 
 
+def test_folders_made_for_nothing_are_removed_at_exit(tmp_path):
+    """A run folder Hydra resolved but a later config replaced (debug= runs go to debug/) is
+    left empty: the process removes it as it exits, and keeps the one its run wrote in."""
+    code = (
+        "import sys; from pathlib import Path; from tinyllm.runs import unique_folder\n"
+        "unused = unique_folder(sys.argv[1]); used = unique_folder(sys.argv[2])\n"
+        "(Path(used) / 'train.log').write_text('a run')\n"
+        "assert Path(unused).is_dir()\n"
+    )
+    unused, used = tmp_path / "runs" / "t", tmp_path / "debug" / "t"
+    subprocess.run([sys.executable, "-c", code, str(unused), str(used)], check=True)
+    assert not unused.parent.exists() and (used / "train.log").read_text() == "a run"
+
+
 def test_a_live_run_holds_its_folder(tmp_path, corpus_file):
     run = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

@@ -5,6 +5,8 @@ trains in it, and finding the newest. Every command asks here, so moving the out
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import socket
@@ -74,6 +76,7 @@ def find_run_config(model_path: str | Path) -> Path | None:
 # --- a folder of its own for every run ------------------------------------------------------
 
 _made: dict[str, str] = {}
+_made_parents: list[Path] = []  # the folders above them that unique_folder made
 
 
 def unique_folder(path: str) -> str:
@@ -81,11 +84,17 @@ def unique_folder(path: str) -> str:
 
     Two runs started in the same second (a shell loop, a job array) name the same `<time>`
     folder; creating it exclusively gives each its own. The same process asking again gets the
-    folder it made (Hydra resolves the run folder more than once).
+    folder it made (Hydra resolves the run folder more than once). Hydra also resolves a run
+    folder that a later config replaces (`debug=` puts runs under debug/): what this process
+    made and left empty is removed when it exits.
     """
     if path in _made:
         return _made[path]
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not _made:
+        atexit.register(_remove_unused)
+    parent = Path(path).parent
+    _made_parents.extend(p for p in (parent, *parent.parents) if not p.exists())  # deepest first
+    parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 1
     while True:
         try:
@@ -96,6 +105,12 @@ def unique_folder(path: str) -> str:
             candidate = f"{path}_{n}"
     _made[path] = candidate
     return candidate
+
+
+def _remove_unused() -> None:
+    for folder in [*_made.values(), *_made_parents]:
+        with contextlib.suppress(OSError):  # not empty (or gone): the run's, or in use
+            os.rmdir(folder)
 
 
 # --- one live run per folder ----------------------------------------------------------------
