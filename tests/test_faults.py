@@ -63,6 +63,65 @@ def test_ctrl_c_while_the_corpus_is_prepared_is_one_line(tmp_path, corpus_file, 
     assert capsys.readouterr().err == "interrupted: no token cache was written\n"
 
 
+# A signal while the corpus is prepared: sent from inside the preparation, so it lands there;
+# `dropped`: inside a destructor, where Python drops the exception the handler raises
+SIGNAL_IN_PREPARATION = """
+import os, runpy, signal, sys, time
+from tinyllm import data
+signum, dropped = int(sys.argv.pop(1)), sys.argv.pop(1) == "dropped"
+real_prepare = data.CharDataModule.prepare
+class SignalledOnDeletion:
+    def __del__(self):
+        os.kill(os.getpid(), signum)
+        time.sleep(2)  # the handler runs in here
+def prepare(*args, **kwargs):
+    if dropped:
+        SignalledOnDeletion()
+    else:
+        os.kill(os.getpid(), signum)
+        time.sleep(30)
+    return real_prepare(*args, **kwargs)
+data.CharDataModule.prepare = prepare
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_before_training_is_one_line(tmp_path, corpus_file, signum, code):
+    """Before FaultGuard's handlers (preparing the corpus): one line, 128 + the signal, nothing
+    saved; SIGTERM's default would end the process without a word."""
+    command = [str(ROOT / "train.py"), *TINY_OVERRIDES, f"hydra.run.dir={tmp_path}/run",
+               f"data.path={corpus_file}", f"paths.data_dir={tmp_path}/data"]  # fmt: skip
+    script = [sys.executable, "-c", SIGNAL_IN_PREPARATION, str(int(signum)), "raised"]
+    result = subprocess.run([*script, *command], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == code, output[-2000:]
+    said = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    assert f"interrupted ({said}) before training started: nothing was saved" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_signal_python_drops_before_training_stops_the_run_at_its_first_step(
+    tmp_path, corpus_file
+):
+    """A Ctrl-C whose exception Python drops (it was raised in a destructor) is not lost:
+    training takes it up at its start, and stops after its first step, saved, as it does for a
+    Ctrl-C during training; Python's "Exception ignored" report is not shown."""
+    run = tmp_path / "run"
+    command = [str(ROOT / "train.py"), *TINY_OVERRIDES, f"hydra.run.dir={run}",
+               f"data.path={corpus_file}", f"paths.data_dir={tmp_path}/data"]  # fmt: skip
+    script = [sys.executable, "-c", SIGNAL_IN_PREPARATION, str(int(signal.SIGINT)), "dropped"]
+    result = subprocess.run([*script, *command], capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output[-3000:]
+    assert "Exception ignored" not in output and "Traceback" not in output
+    assert "SIGINT received: saving a checkpoint after this step" in output
+    assert load_ckpt(run / "checkpoints" / "last.ckpt")["global_step"] == 1
+    assert "training interrupted by SIGINT at step 1" in output
+
+
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_signal_saves_checkpoint_and_artifacts_then_exits(tmp_path, corpus_file, signum, code):
     run = tmp_path / "run"
@@ -191,8 +250,16 @@ def test_ctrl_c_while_train_py_starts_is_one_line(where, tmp_path, corpus_file, 
     run = tmp_path / "run"
     argv = ["train.py", *TINY_OVERRIDES, f"data.path={corpus_file}", f"hydra.run.dir={run}"]
     monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as stopped:
-        cli.train_main()
+    # train_main takes the signals and Python's unraisable hook (tinyllm/interrupts.py): this
+    # test process gets its own back
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.train_main()
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
     output = "".join(capfd.readouterr())
     assert stopped.value.code == 130, output[-2000:]
     assert "Traceback" not in output, output[-2000:]

@@ -41,6 +41,7 @@ from omegaconf import DictConfig
 from tinyllm.artifacts import ArtifactError
 from tinyllm.config import ConfigError, check_machine, error_line, validate
 from tinyllm.corpus import CorpusError, corpus_files
+from tinyllm.interrupts import InterruptedBeforeTraining, watch_until_training
 from tinyllm.io import write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
@@ -91,13 +92,17 @@ def _train_app(cfg: DictConfig) -> float | None:
     except NonFiniteLossError as e:
         log.error("%s", e)
         return exit_job(1, e)
-    except KeyboardInterrupt:  # before training (preparing the corpus): fault_guard's are inside
+    except InterruptedBeforeTraining as e:  # the corpus's preparation, the Trainer's set-up
+        log.warning("%s", e)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # not from a signal of ours (interrupts.py): as Ctrl-C
         log.warning(_INTERRUPTED)
         sys.exit(130)
 
 
 def train_main() -> None:
     """`python train.py` and `tinyllm-train`."""
+    watch_until_training()
     try:
         sys.argv = resolve_resume_argv(sys.argv)
         check_config(sys.argv)
@@ -107,7 +112,10 @@ def train_main() -> None:
     except (ConfigError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # the checks, Hydra's set-up, the training code's imports
+    except InterruptedBeforeTraining as e:  # the checks, Hydra's set-up, the imports
+        print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # not from a signal of ours (interrupts.py): as Ctrl-C
         print(_INTERRUPTED, file=sys.stderr)
         sys.exit(130)
 

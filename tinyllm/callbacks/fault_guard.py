@@ -27,11 +27,10 @@ import torch
 from tinyllm.artifacts import WEIGHTS_FILE
 from tinyllm.callbacks.best_artifacts import BestArtifactsCallback
 from tinyllm.checkpointing import resume_command
+from tinyllm.interrupts import EXIT_CODES, InterruptedBeforeTraining, training_starts
 from tinyllm.runs import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
-
-EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 class TrainingInterrupted(Exception):
@@ -86,11 +85,14 @@ class FaultGuard(L.Callback):
         # validating or saving; ours also ends the run with a validation, a checkpoint and the
         # command that resumes. Lightning restores the original handlers when it tears down.
         self.requested = self.stopped_by = None
+        dropped = training_starts()
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
             except ValueError:  # not the main thread: leave signals alone
                 return
+        if dropped is not None:  # a signal before training that Python dropped (interrupts.py)
+            self._handle(dropped, None)
 
     def _restore_signals(self) -> None:
         for signum, handler in self._previous.items():
@@ -132,7 +134,9 @@ class FaultGuard(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_signals()
-        if not isinstance(exception, (StoppedAtOnce, KeyboardInterrupt)):
+        if isinstance(exception, InterruptedBeforeTraining) or not isinstance(
+            exception, (StoppedAtOnce, KeyboardInterrupt)
+        ):
             return
         last = self._last_checkpoint_path(trainer)
         kept = "no checkpoint was saved"
