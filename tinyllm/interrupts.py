@@ -1,6 +1,7 @@
 """Ctrl-C and SIGTERM before training starts: the imports, the checks, Hydra's set-up and the
 corpus's preparation, before the FaultGuard callback takes both signals over (it then finishes
-the step, validates, saves and says how to resume). Free of Lightning: train.py loads it first.
+the step, validates, saves and says how to resume). Free of Lightning: `train_main` (cli.py)
+watches from its first line, before the training code loads (seconds of imports).
 """
 
 from __future__ import annotations
