@@ -103,6 +103,15 @@ def test_a_signal_before_training_is_one_line(tmp_path, corpus_file, signum, cod
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_train_py_watches_for_signals_before_torch_loads():
+    """train_main's first line takes Ctrl-C and SIGTERM (tinyllm/interrupts.py); the module it
+    lives in loads without torch, so the seconds of torch's import are covered too."""
+    code = "import sys, tinyllm.cli; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert result.stdout.strip() == "[]"
+
+
 def test_a_signal_python_drops_before_training_stops_the_run_at_its_first_step(
     tmp_path, corpus_file
 ):

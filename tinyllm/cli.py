@@ -38,7 +38,6 @@ import yaml
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from tinyllm.artifacts import ArtifactError
 from tinyllm.config import ConfigError, check_machine, error_line, validate
 from tinyllm.corpus import CorpusError, corpus_files
 from tinyllm.interrupts import InterruptedBeforeTraining, watch_until_training
@@ -69,6 +68,7 @@ _INTERRUPTED = "interrupted (Ctrl-C) before training started: nothing was saved"
 def _train_app(cfg: DictConfig) -> float | None:
     # Lightning and the training code load here, not with this module: tinyllm-chat and
     # tinyllm-serve start without them (seconds), and so does a refused value or folder
+    from tinyllm.artifacts import ArtifactError
     from tinyllm.callbacks import NonFiniteLossError, StoppedAtOnce, TrainingInterrupted
     from tinyllm.training import train
 
@@ -158,6 +158,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     only reads, so it gets no run folder, `.hydra/` or log file to suppress, and every bad input
     (Hydra's own errors too) is one `error:` line and exit 2, not Hydra's exit 1."""
     overrides = eval_overrides(sys.argv[1:] if argv is None else argv)  # --help: no Lightning
+    from tinyllm.artifacts import ArtifactError
     from tinyllm.evaluation import EvaluationError, eval_config, evaluate_config, report
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

@@ -16,9 +16,16 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from tinyllm.model import ModelConfig
-from tinyllm.optimizers import LR_SCHEDULES, OPTIMIZER_IMPLS, OPTIMIZERS
 from tinyllm.runs import default_log_dir, unique_folder
+
+# the values training.optimizer, .optimizer_impl and .lr_schedule take (tinyllm/optimizers.py,
+# tinyllm.module.LRPlan); here, free of torch, so that train.py checks a run's values and watches
+# for Ctrl-C before the seconds of torch's import (tinyllm/interrupts.py)
+OPTIMIZERS = ("adam", "adamw", "muon")
+# auto: torch's default; foreach: multi-tensor kernels; fused: one fused kernel; loop: per tensor
+OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "loop")
+# the learning rate's decay after warmup
+LR_SCHEDULES = ("cosine", "wsd")
 
 log = logging.getLogger(__name__)
 
@@ -408,6 +415,8 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     if model.pop("compile", False) not in (True, False, "auto"):
         raise ConfigError(f"model.compile must be true, false or auto, got {cfg.model.compile!r}")
     model.setdefault("vocab_size", 1)  # filled from the tokenizer later
+    from tinyllm.model import ModelConfig  # torch: loaded once a value needs checking
+
     try:
         ModelConfig.from_dict(model)
     except (TypeError, ValueError) as e:

@@ -12,14 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from tinyllm.config import LR_SCHEDULES, OPTIMIZER_IMPLS, OPTIMIZERS
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.optimizers import (
-    LR_SCHEDULES,
-    OPTIMIZER_IMPLS,
-    OPTIMIZERS,
-    build_optimizer,
-    set_muon_momentum,
-)
+from tinyllm.optimizers import build_optimizer, set_muon_momentum
 
 log = logging.getLogger(__name__)
 

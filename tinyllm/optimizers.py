@@ -14,12 +14,6 @@ from collections.abc import Callable
 
 import torch
 
-OPTIMIZERS = ("adam", "adamw", "muon")
-# auto: torch's default; foreach: multi-tensor kernels; fused: one fused kernel; loop: per tensor
-OPTIMIZER_IMPLS = ("auto", "foreach", "fused", "loop")
-# the learning rate's decay after warmup (tinyllm.module.LRPlan)
-LR_SCHEDULES = ("cosine", "wsd")
-
 
 class CombinedOptimizer(torch.optim.Optimizer):
     """Several optimizers over disjoint parameters, stepped together as one.
