@@ -50,7 +50,9 @@ from tinyllm.runs import (
     RunFolderError,
     command_name,
     default_log_dir,
+    missing_folders,
     newest_with,
+    remove_empty,
 )
 from tinyllm.sweep import exit_job
 
@@ -494,7 +496,7 @@ def check_output_argv(argv: list[str]) -> None:
         )
     # made to be probed, then removed again: Hydra makes the run's folder, and a command that
     # runs nothing (--help, --cfg job) leaves no empty outputs/ behind
-    made = [p for p in (path, *path.parents) if not p.exists()]  # deepest first
+    made = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -506,9 +508,7 @@ def check_output_argv(argv: list[str]) -> None:
             "writable folder"
         ) from None
     finally:
-        for folder in made:
-            with contextlib.suppress(OSError):  # not empty: another run made its folder there
-                folder.rmdir()
+        remove_empty(made)
 
 
 # --- resume=true / resume=PATH ---------------------------------------------------------------

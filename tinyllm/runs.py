@@ -93,7 +93,7 @@ def unique_folder(path: str) -> str:
     if not _made:
         atexit.register(_remove_unused)
     parent = Path(path).parent
-    _made_parents.extend(p for p in (parent, *parent.parents) if not p.exists())  # deepest first
+    _made_parents.extend(missing_folders(parent))
     parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 1
     while True:
@@ -108,9 +108,21 @@ def unique_folder(path: str) -> str:
 
 
 def _remove_unused() -> None:
-    for folder in [*_made.values(), *_made_parents]:
-        with contextlib.suppress(OSError):  # not empty (or gone): the run's, or in use
-            os.rmdir(folder)
+    remove_empty([*map(Path, _made.values()), *_made_parents])
+
+
+def missing_folders(path: Path) -> list[Path]:
+    """`path` and the folders above it that do not exist yet, deepest first: what a
+    `mkdir(parents=True)` of it makes, for `remove_empty` to take back."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each folder that is empty, in order; one that is not (a run wrote in it, another
+    run made its folder there) or is gone stays as it is."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 # --- one live run per folder ----------------------------------------------------------------

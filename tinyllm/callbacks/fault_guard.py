@@ -27,7 +27,7 @@ import torch
 from tinyllm.artifacts import WEIGHTS_FILE
 from tinyllm.callbacks.best_artifacts import BestArtifactsCallback
 from tinyllm.checkpointing import resume_command
-from tinyllm.interrupts import EXIT_CODES, InterruptedBeforeTraining, training_starts
+from tinyllm.interrupts import EXIT_CODES, training_starts
 from tinyllm.runs import CHECKPOINT_DIR, LAST_CHECKPOINT
 
 log = logging.getLogger(__name__)
@@ -134,10 +134,8 @@ class FaultGuard(L.Callback):
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         self._restore_signals()
-        if isinstance(exception, InterruptedBeforeTraining) or not isinstance(
-            exception, (StoppedAtOnce, KeyboardInterrupt)
-        ):
-            return
+        if not isinstance(exception, (StoppedAtOnce, KeyboardInterrupt)):
+            return  # also InterruptedBeforeTraining (interrupts.py): not a KeyboardInterrupt
         last = self._last_checkpoint_path(trainer)
         kept = "no checkpoint was saved"
         if last is not None and last.is_file():
