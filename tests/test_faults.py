@@ -233,20 +233,23 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(tmp_path, corp
     assert load_ckpt(last)["global_step"] <= 20  # from a validation before the first Ctrl-C
 
 
-@pytest.mark.parametrize("where", ["the checks", "the training code's imports"])
-def test_ctrl_c_while_train_py_starts_is_one_line(where, tmp_path, corpus_file, monkeypatch,
-                                                   capfd):  # fmt: skip
+@pytest.mark.parametrize("where", ["the checks", "the training code's imports", "after training"])
+def test_ctrl_c_while_train_py_starts_or_ends_is_one_line(where, tmp_path, corpus_file,
+                                                          monkeypatch, capfd):  # fmt: skip
     """Lightning's imports alone take seconds: a Ctrl-C in them, or in the checks before
-    Hydra starts, ends train.py with one line and 130, as one while preparing the corpus."""
+    Hydra starts, ends train.py with one line and 130, as one while preparing the corpus; one
+    after training (its report) says what it interrupted, not "nothing was saved"."""
     import builtins
 
-    from tinyllm import cli
+    from tinyllm import cli, training
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     if where == "the checks":
         monkeypatch.setattr(cli, "check_output_argv", interrupted)
+    elif where == "after training":
+        monkeypatch.setattr(training, "report", interrupted)
     else:
         real_import = builtins.__import__
 
@@ -272,8 +275,14 @@ def test_ctrl_c_while_train_py_starts_is_one_line(where, tmp_path, corpus_file, 
     output = "".join(capfd.readouterr())
     assert stopped.value.code == 130, output[-2000:]
     assert "Traceback" not in output, output[-2000:]
-    assert output.count("interrupted (Ctrl-C) before training started: nothing was saved") == 1
-    assert not (run / "checkpoints").exists()
+    if where == "after training":
+        assert output.count("interrupted (Ctrl-C) after training ended: what the run saved") == 1
+        assert "nothing was saved" not in output
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+    else:
+        said = "interrupted (Ctrl-C) before training started: nothing was saved"
+        assert output.count(said) == 1
+        assert not (run / "checkpoints").exists()
 
 
 # --- kills during saves --------------------------------------------------------------------

@@ -40,7 +40,7 @@ from omegaconf import DictConfig
 
 from tinyllm.config import ConfigError, check_machine, error_line, validate
 from tinyllm.corpus import CorpusError, corpus_files
-from tinyllm.interrupts import InterruptedBeforeTraining, watch_until_training
+from tinyllm.interrupts import InterruptedBeforeTraining, interrupted_line, watch_until_training
 from tinyllm.io import write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
@@ -63,7 +63,6 @@ _LAST_IN_RUN = f"{CHECKPOINT_DIR}/{LAST_CHECKPOINT}"  # a run folder's, relative
 _RUN_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "resume", "ckpt_path")
 _TRUE = ("true", "yes", "1", "latest", "last")
 _FALSE = ("", "false", "no", "0", "null", "none")
-_INTERRUPTED = "interrupted (Ctrl-C) before training started: nothing was saved"
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -98,7 +97,7 @@ def _train_app(cfg: DictConfig) -> float | None:
         log.warning("%s", e)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # not from a signal of ours (interrupts.py): as Ctrl-C
-        log.warning(_INTERRUPTED)
+        log.warning(interrupted_line())
         sys.exit(130)
 
 
@@ -118,7 +117,7 @@ def train_main() -> None:
         print(e, file=sys.stderr)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # not from a signal of ours (interrupts.py): as Ctrl-C
-        print(_INTERRUPTED, file=sys.stderr)
+        print(interrupted_line(), file=sys.stderr)
         sys.exit(130)
 
 

@@ -58,6 +58,13 @@ def _before_training(signum: int, frame) -> None:
     raise InterruptedBeforeTraining(signum)
 
 
+def interrupted_line() -> str:
+    """What a Ctrl-C that reached the entry point (a KeyboardInterrupt) interrupted."""
+    if _state["training"]:  # after FaultGuard's part: the checkpoints and best/ are written
+        return "interrupted (Ctrl-C) after training ended: what the run saved is kept"
+    return str(InterruptedBeforeTraining(signal.SIGINT))
+
+
 def training_starts() -> int | None:
     """Training starts (FaultGuard handles the signals from here): the signal that arrived
     before and was dropped on its way, if any, for FaultGuard to act on as if it came now."""
