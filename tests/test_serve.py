@@ -272,6 +272,37 @@ def test_bad_chat_messages_get_400(client, messages, param):
     assert error.value.body["param"] == param
 
 
+@pytest.mark.parametrize(
+    "changes",
+    [{"logprobs": 2}, {"echo": True}, {"best_of": 3}, {"suffix": "END"},
+     {"presence_penalty": 0.5}, {"frequency_penalty": -1.0}, {"logit_bias": {"5": 100}}],
+)  # fmt: skip
+def test_fields_asking_for_what_the_server_does_not_do_get_400(client, changes):
+    """Answered as if left out, they would look honoured (no logprobs, no prompt echoed, no
+    penalty); the values that ask for nothing (false, 0, 1 choice, {}) are fine."""
+    args = {"model": MODEL_ID, "prompt": "ROMEO:", "max_tokens": 3}
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(**args, **changes)
+    (name,) = changes
+    assert error.value.body["param"] == name and error.value.body["code"] == "unsupported_parameter"
+    neutral = {"logprobs": None, "echo": False, "best_of": 1, "suffix": "", "logit_bias": {},
+               "presence_penalty": 0, "frequency_penalty": 0.0}  # fmt: skip
+    assert len(client.completions.create(**args, **neutral).choices[0].text) == 3
+    with pytest.raises(openai.BadRequestError) as error:
+        client.chat.completions.create(model=MODEL_ID, messages=[{"role": "user", "content": "Ay"}],
+                                       max_tokens=3, logprobs=True, top_logprobs=2)  # fmt: skip
+    assert error.value.body["param"] in ("logprobs", "top_logprobs")
+
+
+def test_head_requests_and_a_trailing_slash(server):
+    """`curl -I` and uptime checks send HEAD; `/v1/completions/` is no route (a 404 error
+    object, not a bare redirect)."""
+    assert httpx.head(server[0] + "/health").status_code == 200
+    assert httpx.head(server[0] + "/").status_code == 200
+    slash = httpx.post(server[0] + "/v1/completions/", json={"prompt": "A", "max_tokens": 2})
+    assert slash.status_code == 404 and "no such route" in slash.json()["error"]["message"]
+
+
 def test_null_means_the_default_as_in_openai(server):
     """OpenAI's API takes null for n and stream (1, false); 0 completion tokens is no default."""
     url = server[0] + "/v1/chat/completions"
@@ -330,6 +361,7 @@ def test_a_model_of_a_lowercased_corpus_reads_capitals_as_small_letters(tmp_path
         (json.dumps({"model": MODEL_ID, "prompt": "a" * 30_000}).encode(), 413, "bytes"),
         (json.dumps({"model": MODEL_ID, "messages": []}).encode(), 400, "prompt"),
         (b'{"model": "tiny-test", "prompt": "ROMEO\\ud800:"}', 400, "lone surrogate"),
+        (b'{"prompt": "a", "seed": 1' + b"0" * 5000 + b"}", 400, "a number too long"),
     ],
 )  # fmt: skip
 def test_malformed_bodies_get_an_openai_error_object(server, body, status, fragment):

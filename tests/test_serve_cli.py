@@ -3,6 +3,7 @@ asks for the API key when given one, and refuses bad input with one line and exi
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -84,6 +85,56 @@ def test_ctrl_c_and_sigterm_stop_the_server_alike(tmp_path, stop):
     assert stderr.strip().splitlines()[-1] == "tinyllm-serve: stopped"
 
 
+def test_stopping_ends_the_requests_in_progress_with_an_error_not_a_cut(tmp_path):
+    """Ctrl-C or SIGTERM during requests: a stream ends with an error event and a whole response
+    is a 503 error object, at once; uvicorn's graceful shutdown would otherwise wait for them,
+    then cut the stream mid-text and answer the other a plain-text 500, with a traceback."""
+    import threading
+
+    save_tiny_model(tmp_path / "run")
+    process = serve(str(tmp_path / "run"), "--port", "0", "--max-tokens-cap", "100000")
+    body = {"prompt": "ROMEO:", "max_tokens": 100_000}  # seconds at the least
+    whole = {}
+    try:
+        url = [process.stdout.readline() for _ in range(3)][2].split()[2]
+        wait_until_up(process, url)
+
+        def ask_whole():
+            whole["response"] = httpx.post(url + "v1/completions", json=body, timeout=60)
+
+        asking = threading.Thread(target=ask_whole)
+        asking.start()
+        with httpx.stream("POST", url + "v1/completions", json=body | {"stream": True},
+                          timeout=60) as stream:  # fmt: skip
+            lines = stream.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
+            assert json.loads(first[6:])["choices"][0]["text"] is not None
+            process.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            events = [line[6:] for line in lines if line.startswith("data: ")]
+        assert time.monotonic() - stopped < 2.5  # uvicorn's graceful limit is 3 s
+        assert json.loads(events[-1])["error"]["message"] == "the server is shutting down"
+        asking.join(timeout=30)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=20)
+    assert whole["response"].status_code == 503
+    assert whole["response"].json()["error"]["message"] == "the server is shutting down"
+    assert process.returncode == 0, stderr
+    assert "Traceback" not in stderr and "graceful shutdown exceeded" not in stderr
+
+
+def test_an_empty_api_key_is_refused_and_a_bracketed_host_read(capsys):
+    """`--api-key "$KEY"` with KEY unset would give a server no request could use."""
+    from tinyllm.serve.server import build_parser
+
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args(["--api-key", " "])
+    assert refused.value.code == 2
+    assert "--api-key: is empty: give the key, or leave --api-key out" in capsys.readouterr().err
+    assert build_parser().parse_args(["--host", "[::1]"]).host == "::1"
+
+
 def test_bad_model_and_busy_port_get_one_line_and_exit_2(tmp_path):
     process = serve(str(tmp_path / "missing"))
     _, stderr = process.communicate(timeout=60)
@@ -102,16 +153,20 @@ def test_bad_model_and_busy_port_get_one_line_and_exit_2(tmp_path):
     assert "cannot listen on" in stderr and "--port" in stderr
 
 
-@pytest.mark.parametrize("option", ["--threads", "--max-batch"])
-def test_options_that_size_allocations_are_bounded(option, capsys):
-    """A batch of 10^8 (its KV cache) or 10^5 threads: one line before anything is allocated."""
+@pytest.mark.parametrize(
+    ("option", "most"), [("--threads", 1024), ("--max-batch", 1024), ("--max-tokens-cap", 100_000)]
+)
+def test_options_that_size_allocations_are_bounded(option, most, capsys):
+    """A batch of 10^8 (its KV cache) or 10^5 threads: one line before anything is allocated;
+    a cap on max_tokens above what a request may ask (generation.MAX_TOKENS) would promise
+    what every request is then refused."""
     from tinyllm.serve.server import build_parser
 
     with pytest.raises(SystemExit) as refused:
         build_parser().parse_args([option, "100000000"])
     assert refused.value.code == 2
-    assert "100000000 must be from 1 to 1024" in capsys.readouterr().err
-    assert getattr(build_parser().parse_args([option, "1024"]), option[2:].replace("-", "_"))
+    assert f"100000000 must be from 1 to {most}" in capsys.readouterr().err
+    assert getattr(build_parser().parse_args([option, str(most)]), option[2:].replace("-", "_"))
 
 
 def test_the_model_id_is_the_run_folder_name():

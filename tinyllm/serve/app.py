@@ -96,7 +96,8 @@ def _error_response(status: int, message: str, param=None, code=None) -> JSONRes
 
 
 class _Body(BaseModel):
-    # strict: "0.5" is not a number, 1.0 is not an integer; unknown OpenAI fields are ignored
+    # strict: "0.5" is not a number, 1.0 is not an integer; other OpenAI fields are ignored
+    # unless they ask for what this server does not do (_UNSUPPORTED, below)
     model_config = ConfigDict(strict=True, extra="allow")
 
     model: str | None = None  # left out or null: the one model this server has
@@ -114,6 +115,15 @@ class _Body(BaseModel):
     @classmethod
     def _null_is_the_default(cls, value, info):
         return cls.model_fields[info.field_name].default if value is None else value
+
+
+# OpenAI fields that ask for what this server does not do, with the values that ask for nothing:
+# any other value is a 400 naming the field, not an answer that looks as if it had been honoured
+_UNSUPPORTED = {
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+    "suffix": (None, ""), "best_of": (None, 1), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0),
+}  # fmt: skip
 
 
 class CompletionBody(_Body):
@@ -222,8 +232,9 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         finally:
             scheduler.close()
 
+    # no redirect of `/v1/completions/` to `/v1/completions`: a 404 error object, not a bare 307
     app = FastAPI(title="tinyllm", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)  # fmt: skip
+                  openapi_url=None, redirect_slashes=False)  # fmt: skip
     app.state.scheduler = scheduler
     app.add_middleware(_BodyLimit, limit=config.max_body_bytes)
 
@@ -266,9 +277,10 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
         except json.JSONDecodeError as e:
             raise APIError(400, f"the body is not valid JSON ({e.msg} at character {e.pos})",
                            None, "invalid_json") from None  # fmt: skip
-        except (UnicodeDecodeError, RecursionError):
-            raise APIError(400, "the body is not valid JSON (not UTF-8, or nested too deeply)",
-                           None, "invalid_json") from None  # fmt: skip
+        except (UnicodeDecodeError, RecursionError, ValueError):
+            # ValueError: an integer of more digits than Python converts (4,300)
+            raise APIError(400, "the body is not valid JSON (not UTF-8, nested too deeply, or "
+                           "a number too long)", None, "invalid_json") from None  # fmt: skip
         if not isinstance(data, dict):
             raise APIError(400, "the body must be a JSON object", None, "invalid_json")
         try:  # JSON's \ud800 escapes decode to lone surrogates, which no text can hold
@@ -283,6 +295,10 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             first = e.errors()[0]
             param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p)) or None
             raise APIError(400, f"{param}: {first['msg']}", param, "invalid_value") from None
+        for name, neutral in _UNSUPPORTED.items():
+            if name in (body.model_extra or {}) and body.model_extra[name] not in neutral:
+                raise APIError(400, f"{name} is not supported by this server: leave it out",
+                               name, "unsupported_parameter")  # fmt: skip
         if body.model is not None and body.model != config.model_id:
             raise APIError(404, f"model {body.model!r} does not exist; this server has "
                            f"{config.model_id!r} (GET /v1/models)", "model",
@@ -337,7 +353,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             while open_jobs:
                 for event in _coalesced([await events.get(), *_drain(events)]):
                     if isinstance(event, Failure):
-                        raise APIError(500, event.message)
+                        raise APIError(event.status, event.message)
                     if isinstance(event, End):
                         open_jobs -= 1
                     yield event
@@ -361,7 +377,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
                 except asyncio.TimeoutError:
                     continue
                 if isinstance(event, Failure):
-                    raise APIError(500, event.message)
+                    raise APIError(event.status, event.message)
                 if isinstance(event, Piece):
                     texts[event.index].append(event.text)
                 else:
@@ -435,7 +451,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
 
     # --- routes ---
 
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])  # HEAD: uptime checks, `curl -I`
     async def health():
         if not scheduler.alive:
             return _error_response(503, "the decode loop is not running")
@@ -497,7 +513,7 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             "Content-Security-Policy": "default-src 'self'; style-src 'self'",
             "X-Content-Type-Options": "nosniff"})  # fmt: skip
 
-    @app.get("/")
+    @app.api_route("/", methods=["GET", "HEAD"])
     async def index():
         return static("index.html")
 

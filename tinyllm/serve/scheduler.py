@@ -38,6 +38,7 @@ from tinyllm.model import Transformer
 from tinyllm.tokenizer import CharacterTokenizer
 
 log = logging.getLogger("tinyllm.serve")
+SHUTTING_DOWN = "the server is shutting down"
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class End:
 class Failure:
     index: int
     message: str
+    status: int = 500  # the HTTP status a whole (not streamed) response gets
 
 
 @dataclass(eq=False)
@@ -161,10 +163,16 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="tinyllm-decode", daemon=True)
         self._thread.start()
 
-    def close(self) -> None:
+    def stop(self) -> None:
+        """Take no more requests: those in progress or waiting end after the step being decoded,
+        with a 503 failure (the server is shutting down), so none is left waiting for uvicorn
+        to cancel it. Safe in a signal handler."""
         with self._wake:
             self._running = False
             self._wake.notify()
+
+    def close(self) -> None:
+        self.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
@@ -187,6 +195,9 @@ class Scheduler:
         mailbox = self._mailboxes.setdefault(loop, _Mailbox(loop, self.stream_interval))
         job = Job(list(prompt_ids), settings, events, mailbox, index)
         with self._wake:
+            if not self._running:  # stopped: nothing would ever decode it
+                job.emit(Failure(index, SHUTTING_DOWN, 503))
+                return job
             self._waiting.append(job)
             self._wake.notify()
         return job
@@ -218,7 +229,7 @@ class Scheduler:
                 log.exception("decode step failed; ending the requests in the batch")
                 self._fail_all(f"generation failed: {type(e).__name__}: {e}")
         for job in [*self._active.values(), *self._waiting]:
-            job.emit(Failure(job.index, "the server is shutting down"))
+            job.emit(Failure(job.index, SHUTTING_DOWN, 503))
 
     def _admit(self) -> None:
         """Move waiting jobs into free slots of the batch."""

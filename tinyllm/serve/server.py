@@ -42,7 +42,19 @@ def _port(text: str) -> int:
     return value
 
 
+def _api_key(text: str) -> str:
+    if not text.strip():  # e.g. `--api-key "$KEY"` with KEY unset: no request could match it
+        raise argparse.ArgumentTypeError("is empty: give the key, or leave --api-key out")
+    return text.strip()
+
+
+def _host(text: str) -> str:
+    """An address as it is written in URLs too: `[::1]` is `::1`."""
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from tinyllm.generation import MAX_TOKENS
     from tinyllm.serve.app import ServeConfig
 
     d = ServeConfig()
@@ -54,15 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("model", nargs="?", help="a run folder, its best/ folder or a .ckpt "
         "(default: the best model of the latest run under outputs/)")  # fmt: skip
-    add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
-        "machine only)")  # fmt: skip
+    add("--host", type=_host, default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)")  # fmt: skip
     add("--port", type=_port, default=8000, help="port (default 8000; 0: any free port)")
-    add("--api-key", default=os.environ.get(API_KEY_ENV) or None,
+    add("--api-key", type=_api_key, default=os.environ.get(API_KEY_ENV, "").strip() or None,
         help=f"require `Authorization: Bearer KEY` on /v1 (or set {API_KEY_ENV})")  # fmt: skip
     add("--model-name", help="the model id clients send (default: the run folder's name)")
     add("--max-batch", type=_at_most(1024), default=d.max_batch,
         help=f"requests decoded together; more wait (default {d.max_batch})")  # fmt: skip
-    add("--max-tokens-cap", type=_positive, default=d.max_tokens_cap,
+    add("--max-tokens-cap", type=_at_most(MAX_TOKENS), default=d.max_tokens_cap,
         help=f"largest max_tokens a request may ask (default {d.max_tokens_cap})")  # fmt: skip
     add("--max-prompt-chars", type=_positive, default=d.max_prompt_chars,
         help=f"longest prompt in characters (default {d.max_prompt_chars})")  # fmt: skip
@@ -164,13 +176,27 @@ def _serve(args: argparse.Namespace) -> int:
         print("warning: listening beyond this machine without --api-key: anyone who can reach "
               "it can use it", file=sys.stderr)  # fmt: skip
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s: %(message)s")
-    server = uvicorn.Server(
+    server = _graceful_server(
         uvicorn.Config(app, log_level=args.log_level, timeout_graceful_shutdown=3)
     )
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[sock])
     print("tinyllm-serve: stopped", file=sys.stderr)
     return 0
+
+
+def _graceful_server(config):
+    """uvicorn's server, which on Ctrl-C or SIGTERM first ends the requests in progress (a
+    stream's last event is an error, a whole response a 503): its graceful shutdown waits for
+    connections to close, and a stream left open would be cut off mid-text when it gives up."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            config.app.state.scheduler.stop()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 def _interrupt(signum, frame) -> None:
