@@ -94,8 +94,40 @@ def test_run_folder_and_checkpoints_load(trained_run):
     assert last.metadata["step"] == max_steps
     assert last.tokenizer.vocab == best.tokenizer.vocab
     assert last.model.config == best.model.config
+    assert not last.lowercase and not best.lowercase
     text = generate_text(last.model, last.tokenizer, "\n", SamplingSettings(max_tokens=25, seed=0))
     assert len(text) == 25 and set(text) <= set(last.tokenizer.vocab)
+
+
+def test_a_checkpoint_of_a_lowercased_corpus_says_so(tmp_path, corpus_file):
+    """A .ckpt alone is prompted as its corpus was written (lowercased), as best/ is; one from
+    before the checkpoint kept that takes it from its run's config.yaml."""
+    from conftest import TINY_OVERRIDES, compose_config
+
+    from tinyllm.training import train
+
+    run = tmp_path / "run"
+    overrides = [*TINY_OVERRIDES, f"data.path={corpus_file}", "data.lowercase=true",
+                 "trainer.max_steps=2"]  # fmt: skip
+    train(compose_config(overrides, run))
+    last = run / "checkpoints" / "last.ckpt"
+    assert load_model(last).lowercase
+    older = torch.load(last, weights_only=True)
+    del older["CharDataModule"]["lowercase"]
+    torch.save(older, run / "checkpoints" / "older.ckpt")
+    assert load_model(run / "checkpoints" / "older.ckpt").lowercase
+    (run / "config.yaml").unlink()
+    assert not load_model(run / "checkpoints" / "older.ckpt").lowercase
+
+
+def test_a_checkpoint_whose_tokenizer_is_not_the_model_s_is_refused(tmp_path, trained_run):
+    """Ids the tokenizer cannot decode would fail in the middle of a reply."""
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    tokenizer = checkpoint["CharDataModule"]["tokenizer"]
+    tokenizer["vocab"] = tokenizer["vocab"][:-1]
+    torch.save(checkpoint, tmp_path / "short.ckpt")
+    with pytest.raises(ArtifactError, match="characters but the model expects"):
+        load_model(tmp_path / "short.ckpt")
 
 
 def test_latest_run_under_outputs(tmp_path, trained_run, monkeypatch):
@@ -164,6 +196,23 @@ def test_damaged_weights_are_refused(saved):
         load_model(saved)
 
 
+def test_non_finite_weights_are_refused(saved):
+    """A damaged file whose header is intact: NaN weights would give blank text and NaN losses."""
+    loaded = load_model(saved)
+    with torch.no_grad():
+        loaded.model.blocks[0].attn.proj.weight[0, 0] = float("nan")
+    save_artifacts(saved, loaded.model, loaded.tokenizer, {})
+    with pytest.raises(ArtifactError, match=r"weight blocks\.0\.attn\.proj\.weight holds NaN"):
+        load_model(saved)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint at all"])
+def test_a_file_that_is_no_checkpoint_is_said_so(tmp_path, content):
+    (tmp_path / "x.ckpt").write_bytes(content)
+    with pytest.raises(ArtifactError, match="not a file torch.save wrote, or cut short"):
+        load_model(tmp_path / "x.ckpt")
+
+
 def test_missing_file_is_named(saved):
     (saved / "tokenizer.json").unlink()
     with pytest.raises(ArtifactError, match="tokenizer.json is missing"):
@@ -184,6 +233,8 @@ def test_pickled_code_in_a_checkpoint_is_not_run(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "payload": _Payload(marker)}, path)
-    with pytest.raises(ArtifactError, match="cannot be loaded safely"):
+    with pytest.raises(ArtifactError, match="cannot be loaded safely") as refused:
         load_model(path)
     assert not marker.exists()
+    # torch's own text goes on to advise loading it with weights_only=False: not quoted
+    assert "pickled objects" in str(refused.value) and "False" not in str(refused.value)

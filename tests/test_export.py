@@ -294,6 +294,38 @@ def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
     assert "the tokenizer lowercases prompts too" in card
 
 
+def test_a_model_of_a_lowercased_corpus_exports_and_checks(tmp_path, capsys):
+    """A vocabulary without capitals (data.lowercase=true): the card's "ROMEO:" is read as
+    "romeo:" by the exported tokenizer's Lowercase normalizer, and the card's snippet runs."""
+    lower = CharacterTokenizer().fit(TEXT.lower())
+    assert "R" not in lower.vocab and "r" in lower.vocab
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=lower.vocab_size, context_length=32, n_layer=1, n_head=2,
+                         n_embd=16, positional="learned")  # fmt: skip
+    best = save_artifacts(tmp_path / "run" / "best", Transformer(config), lower,
+                          {"lowercase": True})  # fmt: skip
+    assert load_model(best).lowercase
+    out = tmp_path / "hf"
+    assert main([str(best), str(out), "--check"]) == 0, capsys.readouterr().err
+    assert "round trip identical" in capsys.readouterr().out
+    tokenizer_json = json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))
+    assert tokenizer_json["normalizer"] == {"type": "Lowercase"}
+    tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
+    assert tok("ROMEO:", add_special_tokens=False).input_ids == lower.encode("romeo:")
+    card = (out / "README.md").read_text(encoding="utf-8")
+    snippet = card.split("```python\n")[1].split("```")[0]
+    assert 'tok("ROMEO:", return_tensors="pt").input_ids  # read as "romeo:"' in snippet
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(snippet.replace("PATH_TO_THIS_FOLDER", str(out)), {})  # the README's use, as is
+    assert printed.getvalue().startswith("romeo:")
+    # --text with capitals (the corpus before lowercasing): read lowercased, as the run read it
+    text = tmp_path / "text.txt"
+    text.write_text(TEXT[:400], encoding="utf-8")
+    argv = [str(best), str(tmp_path / "hf2"), "--check", "--text", str(text)]
+    assert main(argv) == 0, capsys.readouterr().err
+
+
 def test_generation_defaults_and_model_card(tmp_path):
     metadata = {
         "val_loss": 1.25, "step": 1234, "data_source": "my-corpus.txt",
@@ -322,6 +354,42 @@ def test_generation_defaults_and_model_card(tmp_path):
     for fact in ("my-corpus.txt", "1.2500 nats", "1.8034 bits", "GPTNeoXForCausalLM",
                  "optimizer steps: 1234", "adamw", "bf16-mixed", "from_pretrained"):  # fmt: skip
         assert fact in card, fact
+
+
+@pytest.mark.parametrize(
+    "run_config",
+    [
+        "training: fast\n",  # a section that is not a mapping
+        "- a list\n- not a mapping\n",
+        "{{ not: yaml\n",
+        "",
+        "training: [1, 2]\ntrainer: 16\n",
+        # every value of the wrong type, or out of range
+        "training:\n  optimizer: [adam]\n  learning_rate: fast\n  batch_size: 1.5\n"
+        "  console_temperature: .nan\n  console_top_k: -3\n  console_max_tokens: true\n"
+        "trainer:\n  precision: {bits: 16}\n",
+    ],
+    ids=["section-text", "list", "not-yaml", "empty", "sections-wrong", "values-wrong"],
+)
+def test_a_damaged_run_config_only_costs_the_card_details(tmp_path, capsys, run_config):
+    save_best(tmp_path / "run", tiny_model("learned", tie=False, bias=True))
+    (tmp_path / "run" / "config.yaml").write_text(run_config, encoding="utf-8")
+    out = tmp_path / "hf"
+    assert main([str(tmp_path / "run"), str(out)]) == 0, capsys.readouterr().err
+    generation = GenerationConfig.from_pretrained(out, local_files_only=True)
+    # the console defaults (training/default.yaml), new tokens at most half the context of 64
+    assert (generation.temperature, generation.top_k, generation.max_new_tokens) == (0.8, 0, 32)
+    card = (out / "README.md").read_text(encoding="utf-8")
+    for damage in ("fast", "[1, 2]", "adam']", "1.5", "bits"):
+        assert damage not in card, damage
+    if "optimizer" in run_config:
+        assert "optimizer: not recorded, peak learning rate not recorded" in card
+        assert "windows per step: not recorded" in card and "precision: not recorded" in card
+    else:
+        assert "not recorded with the model (no readable run config.yaml" in card
+    if run_config == "training: fast\n":  # the check reads the run config too
+        assert main([str(tmp_path / "run"), str(tmp_path / "checked"), "--check"]) == 0
+        assert "text: every vocabulary character" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -454,9 +522,35 @@ def test_the_current_folder_is_refused_and_a_relative_out_dir_works(
 
 
 def test_force_never_replaces_the_model_being_exported(tmp_path, best, capsys):
-    _refused(capsys, [str(best.parent), str(best), "--force"], "holds the model being exported")
+    _refused(capsys, [str(best.parent), str(best), "--force"], "is the folder of the model being")
     _refused(capsys, [str(best), str(best.parent), "--force"], "holds the model being exported")
     assert load_model(best).model is not None
+
+
+def test_an_out_dir_inside_the_models_folder_is_refused(tmp_path, best, capsys):
+    """best/ is the model: an export written into it would mix with the model's own files."""
+    files = sorted(best.iterdir())
+    (tmp_path / "link").symlink_to(best)
+    for argv in (
+        [str(best), str(best / "sub")],
+        [str(best.parent), str(best / "sub"), "--force"],
+        [str(best), str(best / "a" / "b")],
+        [str(best), str(tmp_path / "link" / "sub")],  # the same folder through a link
+        [str(best), str(best)],
+    ):
+        _refused(capsys, argv, "is the folder of the model being exported")
+    assert sorted(best.iterdir()) == files and _leftovers(best) == []
+    assert main([str(best), str(best.parent / "hf")]) == 0  # beside best/ in the run: fine
+
+
+def test_an_empty_text_and_unknown_characters_are_told_apart(tmp_path, best, capsys):
+    text = tmp_path / "text.txt"
+    argv = [str(best), str(tmp_path / "hf"), "--check", "--text", str(text)]
+    text.write_text("", encoding="utf-8")
+    _refused(capsys, argv, f"--text {text} is empty: pass text the model can encode")
+    text.write_text("§ unknown ¤", encoding="utf-8")
+    _refused(capsys, argv, "has characters outside the model's vocabulary ('¤', '§'): pass")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_unwritable_destination(tmp_path, best, capsys):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
@@ -26,7 +27,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 from tinyllm.io import write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.runs import default_log_dir, newest_with
+from tinyllm.runs import default_log_dir, find_run_config, newest_with
 from tinyllm.tokenizer import CharacterTokenizer, Tokenizer, tokenizer_from_state
 
 T = TypeVar("T")
@@ -239,11 +240,7 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
         config_path, lambda data: ModelConfig.from_dict(check_model_config(data, config_path))
     )
     tokenizer = read_tokenizer(directory / TOKENIZER_FILE)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ArtifactError(
-            f"{directory}: tokenizer has {tokenizer.vocab_size} characters but the model expects "
-            f"{config.vocab_size}: the files come from different runs"
-        )
+    _check_vocabulary(tokenizer, config, directory)
     metadata_path = directory / METADATA_FILE
     metadata = (
         check_metadata(_read_json(metadata_path), metadata_path) if metadata_path.exists() else {}
@@ -261,7 +258,28 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
         raise ArtifactError(
             f"{weights} does not match {CONFIG_FILE} or is damaged ({first[:200]})"
         ) from None
+    _check_finite(model, weights)
     return LoadedModel(model.to(device).eval(), tokenizer, metadata, directory)
+
+
+def _check_vocabulary(tokenizer: Tokenizer, config: ModelConfig, where: Path) -> None:
+    """The tokenizer decodes every id the model can sample (and no more)."""
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ArtifactError(
+            f"{where}: tokenizer has {tokenizer.vocab_size} characters but the model expects "
+            f"{config.vocab_size}: the files come from different runs"
+        )
+
+
+def _check_finite(model: Transformer, where: Path) -> None:
+    """Weights that are NaN or infinite (a damaged file with an intact header) would give blank
+    text and NaN losses without a word."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArtifactError(
+                f"{where}: weight {name} holds NaN or infinite values: the file is damaged; "
+                "use another checkpoint (checkpoints/) or retrain"
+            )
 
 
 def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
@@ -272,10 +290,16 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     try:
         return torch.load(path, map_location=device, weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - any failure here means "not a safe tinyllm checkpoint"
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        text = str(e).strip()
+        if "Weights only load failed" in text:  # torch's advice would be to load it unsafely
+            reason = "it holds pickled objects, which loading could run as code: refused"
+        elif "zip" in text or "mmap" in text:
+            reason = "not a file torch.save wrote, or cut short"
+        else:
+            reason = text.splitlines()[0][:200] if text else type(e).__name__
         raise ArtifactError(
-            f"checkpoint {path} cannot be loaded safely (weights_only=True refused or failed: "
-            f"{reason}); use a best/ artifacts folder or a checkpoint written by tinyllm"
+            f"checkpoint {path} cannot be loaded safely ({reason}); use a best/ artifacts folder "
+            "or a checkpoint written by tinyllm"
         ) from None
 
 
@@ -288,7 +312,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
             check_model_config(dict(checkpoint["hyper_parameters"]["model_config"]), path)
         )
         # Lightning stores a datamodule's state_dict under its class name
-        tokenizer = tokenizer_from_state(checkpoint["CharDataModule"]["tokenizer"])
+        data_state = checkpoint["CharDataModule"]
+        tokenizer = tokenizer_from_state(data_state["tokenizer"])
+        _check_vocabulary(tokenizer, config, path)
+        lowercase = data_state.get("lowercase")
+        if not isinstance(lowercase, bool):  # a checkpoint from before it was kept there
+            lowercase = _run_lowercases(path)
         prefix = "model."
         state = {
             k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)
@@ -302,8 +331,21 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         reason = f"{type(e).__name__}: {e}"
         raise ArtifactError(f"{path} is not a tinyllm checkpoint ({reason})") from None
-    metadata = {"step": checkpoint.get("global_step"), "source": "checkpoint"}
+    _check_finite(model, path)
+    metadata = {"step": checkpoint.get("global_step"), "source": "checkpoint",
+                "lowercase": lowercase}  # fmt: skip
     return LoadedModel(model.to(device).eval(), tokenizer, metadata, path)
+
+
+def _run_lowercases(checkpoint: Path) -> bool:
+    """`data.lowercase` of the run a checkpoint belongs to, as its config.yaml says (False where
+    there is none or it cannot be read)."""
+    config = find_run_config(checkpoint)
+    try:
+        data = yaml.safe_load(config.read_text(encoding="utf-8")) if config else None
+        return data["data"]["lowercase"] is True
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        return False
 
 
 def find_latest_best(outputs_dir: str | Path | None = None) -> Path:

@@ -355,9 +355,12 @@ class CharDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    # The tokenizer travels inside every Lightning checkpoint, so a .ckpt alone can be decoded.
+    # The tokenizer travels inside every Lightning checkpoint, so a .ckpt alone can be decoded
+    # (and prompted: a lowercased corpus's model is given lowercased prompts).
     def state_dict(self) -> dict:
-        return {"tokenizer": self.tokenizer.state_dict()} if self.tokenizer else {}
+        if not self.tokenizer:
+            return {}
+        return {"tokenizer": self.tokenizer.state_dict(), "lowercase": self.lowercase}
 
     def load_state_dict(self, state_dict: dict) -> None:
         if "tokenizer" in state_dict:

@@ -8,11 +8,14 @@ from pathlib import Path
 
 from tinyllm.artifacts import LoadedModel
 from tinyllm.export.architectures import architecture
-from tinyllm.generation import split_unknown
+from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K, split_unknown
 from tinyllm.runs import find_run_config
 
 # the run's console defaults when its metadata has none (training/default.yaml)
 CONSOLE_DEFAULTS = {"max_tokens": 500, "temperature": 0.8, "top_k": 0}
+# what each console default may be (the limits of metadata.json, tinyllm/artifacts.py)
+CONSOLE_RANGES = {"max_tokens": (int, 1, MAX_TOKENS), "temperature": ((int, float), 0,
+                  MAX_TEMPERATURE), "top_k": (int, 0, MAX_TOP_K)}  # fmt: skip
 
 
 def read_run_config(model_path: Path) -> dict:
@@ -26,17 +29,38 @@ def read_run_config(model_path: Path) -> dict:
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
     except Exception:  # noqa: BLE001 - a damaged run config only costs the card details
         return {}
-    return data if isinstance(data, dict) else {}
+    return _section(data)
+
+
+def _section(value: object) -> dict:
+    """`value` if it is a mapping, else {}: any part of a run config may be damaged (a section
+    written as text, a list), and a damaged run config only costs the card details."""
+    return value if isinstance(value, dict) else {}
+
+
+def _recorded(value: object, types: type | tuple[type, ...]) -> str:
+    """`value` as the card prints it, if it has one of `types` (true/false are no numbers)."""
+    if isinstance(value, types) and not isinstance(value, bool):
+        return str(value)
+    return "not recorded"
+
+
+def _console_value(value: object, key: str) -> bool:
+    types, low, high = CONSOLE_RANGES[key]
+    if isinstance(value, bool) or not isinstance(value, types):
+        return False
+    return math.isfinite(value) and low <= value <= high
 
 
 def console_defaults(metadata: dict, run_config: dict) -> dict:
-    """Temperature, top-k and length the run's chat console uses: metadata, then config.yaml."""
-    training = run_config.get("training") or {}
-    stored = metadata.get("console") or {}
+    """Temperature, top-k and length the run's chat console uses: metadata, then config.yaml,
+    then the defaults (a value of the wrong type or out of range counts as absent)."""
+    training = _section(run_config.get("training"))
+    stored = _section(metadata.get("console"))
     settings = {}
     for key, default in CONSOLE_DEFAULTS.items():
-        value = stored.get(key, training.get(f"console_{key}", default))
-        settings[key] = value if isinstance(value, (int, float)) else default
+        found = (stored.get(key), training.get(f"console_{key}"))
+        settings[key] = next((v for v in found if _console_value(v, key)), default)
     return settings
 
 
@@ -61,6 +85,17 @@ def generation_config(console: dict, context_length: int) -> dict:
 
 def _number(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "unknown"
+
+
+def example_prompt(tokenizer, lowercase: bool) -> tuple[str, str]:
+    """The card's prompt and the text the model reads of it: "ROMEO:" where the vocabulary
+    holds it, else one of its letters. A model of a lowercased corpus reads it lowercased (the
+    exported tokenizer lowercases prompts, tokenizer_files), so "ROMEO:" is "romeo:" to it."""
+    for candidate in ("ROMEO:", *(c for c in tokenizer.vocab if c.isalpha()), *tokenizer.vocab):
+        text, unknown = split_unknown(tokenizer, candidate, lowercase=lowercase)
+        if text and not unknown:
+            return candidate, text
+    return tokenizer.vocab[0], tokenizer.vocab[0]
 
 
 # how the model card names the block's parts
@@ -93,23 +128,26 @@ def model_card(loaded: LoadedModel, run_config: dict, console: dict) -> str:
             "prompts too (its `Lowercase` normalizer), as tinyllm's chat and server do."
         )
     # the snippet must run as printed: a prompt the vocabulary holds, within the context
-    prompt = "ROMEO:"  # a lowercased corpus: the tokenizer lowercases it (tokenizer_files)
-    if split_unknown(tokenizer, prompt, lowercase=loaded.lowercase)[1]:
-        prompt = next((c for c in tokenizer.vocab if c.isalpha()), tokenizer.vocab[0])
+    prompt, encoded = example_prompt(tokenizer, loaded.lowercase)
+    lowered = f"  # read as {json.dumps(encoded, ensure_ascii=False)}" if encoded != prompt else ""
     new_tokens = max(
-        1, min(max_new_tokens(console, context), context - len(tokenizer.encode(prompt)))
+        1, min(max_new_tokens(console, context), context - len(tokenizer.encode(encoded)))
     )
-    training = run_config.get("training") or {}
-    trainer = run_config.get("trainer") or {}
+    training = _section(run_config.get("training"))
+    trainer = _section(run_config.get("trainer"))
     trained = [f"- optimizer steps: {meta['step']}"] if meta.get("step") is not None else []
     if training:
         trained += [
-            f"- optimizer: {training.get('optimizer', 'adam')}, peak learning rate "
-            f"{training.get('learning_rate')}, {training.get('batch_size')} windows of "
-            f"{context} {unit}s per step",
-            f"- precision: {trainer.get('precision', 'not recorded')}",
+            f"- optimizer: {_recorded(training.get('optimizer', 'adam'), str)}, peak learning "
+            f"rate {_recorded(training.get('learning_rate'), (int, float))}",
+            f"- windows per step: {_recorded(training.get('batch_size'), int)}, of {context} "
+            f"{unit}s each",
+            f"- precision: {_recorded(trainer.get('precision'), (str, int))}",
         ]
-    trained = trained or ["- not recorded with the model (no run config.yaml next to it)"]
+    trained = trained or [
+        "- not recorded with the model (no readable run config.yaml with training settings "
+        "next to it)"
+    ]
     positions = {
         "rotary": "rotary position embeddings",
         "learned": "learned position embeddings",
@@ -164,7 +202,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 model = AutoModelForCausalLM.from_pretrained("PATH_TO_THIS_FOLDER")
 tok = AutoTokenizer.from_pretrained("PATH_TO_THIS_FOLDER")
-ids = tok({json.dumps(prompt, ensure_ascii=False)}, return_tensors="pt").input_ids
+ids = tok({json.dumps(prompt, ensure_ascii=False)}, return_tensors="pt").input_ids{lowered}
 print(tok.decode(model.generate(ids, max_new_tokens={new_tokens})[0]))
 ```
 

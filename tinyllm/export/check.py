@@ -284,7 +284,8 @@ def checker(model_path: str | Path, text_file: Path | None = None) -> Checker:
 
     def check(loaded: LoadedModel, folder: Path) -> CheckReport:
         if text_file is not None:
-            text, source = _read_text(text_file, loaded.tokenizer), f"{text_file}"
+            text = _read_text(text_file, loaded.tokenizer, loaded.lowercase)
+            source = f"{text_file}"
         else:
             found = validation_text(model_path, loaded.tokenizer)
             text, source = found if found is not None else (None, "")
@@ -293,16 +294,22 @@ def checker(model_path: str | Path, text_file: Path | None = None) -> Checker:
     return check
 
 
-def _read_text(path: Path, tokenizer: CharacterTokenizer) -> str:
+def _read_text(path: Path, tokenizer: CharacterTokenizer, lowercase: bool = False) -> str:
+    """The --text file, lowercased for a model of a lowercased corpus (as its corpus was)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ExportError(f"--text {path} cannot be read ({e}): pass a UTF-8 text file") from None
+    if lowercase:
+        text = text.lower()
+    if not text:
+        raise ExportError(f"--text {path} is empty: pass text the model can encode")
     unknown = tokenizer.unknown_characters(text)
-    if not text or unknown:
+    if unknown:
         shown = ", ".join(repr(c) for c in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
         raise ExportError(
-            f"--text {path} is empty or has characters outside the model's vocabulary "
-            f"({shown}): pass text the model can encode"
+            f"--text {path} has characters outside the model's vocabulary ({shown}{more}): "
+            "pass text the model can encode"
         )
     return text

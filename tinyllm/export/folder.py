@@ -51,9 +51,15 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def prepare_destination(out_dir: Path, source: Path | None, force: bool) -> None:
-    """Refuse an OUT_DIR that holds something (unless --force) or would destroy the source."""
+    """Refuse an OUT_DIR that holds something (unless --force), would destroy the source, or
+    lies in the model's own folder (a best/ is the model: the export would mix with its files)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ExportError(f"{out_dir} exists and is not a folder: choose another OUT_DIR")
+    if source is not None and source.is_dir() and _inside(out_dir.resolve(), source.resolve()):
+        raise ExportError(
+            f"{out_dir} is the folder of the model being exported ({source}) or inside it: "
+            "choose an OUT_DIR outside it"
+        )
     if _inside(Path.cwd().resolve(), out_dir.resolve()):
         raise ExportError(
             f"{out_dir} is the current folder or holds it: the export replaces OUT_DIR as a "
