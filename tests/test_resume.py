@@ -94,6 +94,21 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, corpus_file, optimizer):
     assert meta["val_loss"] == score_split
 
 
+def test_a_new_run_from_another_run_s_checkpoint_keeps_its_own_best(tmp_path, corpus_file):
+    """ckpt_path= into a new folder brings the other run's best score but not its best weights:
+    best/ is this run's best by its own validations, even when none beats that score."""
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    _train(parent, corpus_file, "trainer.max_steps=10")
+    checkpoint = load_ckpt(parent / "checkpoints" / "last.ckpt")
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if "BestArtifacts" in k]
+    state["best_score"] = 0.01  # a parent no validation of the child beats
+    torch.save(checkpoint, parent / "checkpoints" / "great.ckpt")
+    score = _train(child, corpus_file, "trainer.max_steps=15",
+                   f"ckpt_path={parent}/checkpoints/great.ckpt")  # fmt: skip
+    meta = json.loads((child / "best" / "metadata.json").read_text())
+    assert meta["step"] == 15 and meta["val_loss"] == score > 1
+
+
 class SignalAt(L.Callback):
     """Sends this process SIGTERM as step `step` starts (a `kill` mid-run, in process)."""
 

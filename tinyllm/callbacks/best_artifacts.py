@@ -41,6 +41,13 @@ class BestArtifactsCallback(L.Callback):
         self.best_score: float | None = None
         self.exported = False
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # a new run from another run's checkpoint (ckpt_path=): that run's best score came with
+        # the checkpoint, but not its best weights; this run's best/ is scored by its own
+        # validations (as ModelCheckpoint, whose folder also changed, starts afresh)
+        if trainer.ckpt_path and not _inside(Path(trainer.ckpt_path), self.dirpath.parent):
+            self.best_score = None
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
@@ -92,6 +99,10 @@ class BestArtifactsCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score = state_dict.get("best_score")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.resolve().is_relative_to(folder.resolve())
 
 
 def best_score(trainer: L.Trainer, monitor: str = "val/loss") -> float | None:
