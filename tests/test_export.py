@@ -365,7 +365,7 @@ def test_generation_defaults_and_model_card(tmp_path):
         "",
         "training: [1, 2]\ntrainer: 16\n",
         # every value of the wrong type, or out of range
-        "training:\n  optimizer: [adam]\n  learning_rate: fast\n  batch_size: 1.5\n"
+        "training:\n  optimizer: [adam]\n  learning_rate: fast\n  batch_size: 7.5\n"
         "  console_temperature: .nan\n  console_top_k: -3\n  console_max_tokens: true\n"
         "trainer:\n  precision: {bits: 16}\n",
     ],
@@ -380,7 +380,7 @@ def test_a_damaged_run_config_only_costs_the_card_details(tmp_path, capsys, run_
     # the console defaults (training/default.yaml), new tokens at most half the context of 64
     assert (generation.temperature, generation.top_k, generation.max_new_tokens) == (0.8, 0, 32)
     card = (out / "README.md").read_text(encoding="utf-8")
-    for damage in ("fast", "[1, 2]", "adam']", "1.5", "bits"):
+    for damage in ("fast", "[1, 2]", "adam']", "7.5", "'bits'"):
         assert damage not in card, damage
     if "optimizer" in run_config:
         assert "optimizer: not recorded, peak learning rate not recorded" in card

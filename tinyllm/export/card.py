@@ -91,7 +91,10 @@ def example_prompt(tokenizer, lowercase: bool) -> tuple[str, str]:
     """The card's prompt and the text the model reads of it: "ROMEO:" where the vocabulary
     holds it, else one of its letters. A model of a lowercased corpus reads it lowercased (the
     exported tokenizer lowercases prompts, tokenizer_files), so "ROMEO:" is "romeo:" to it."""
-    for candidate in ("ROMEO:", *(c for c in tokenizer.vocab if c.isalpha()), *tokenizer.vocab):
+    text, unknown = split_unknown(tokenizer, "ROMEO:", lowercase=lowercase)
+    if not unknown:  # always so for bytes (they have no `vocab`)
+        return "ROMEO:", text
+    for candidate in (*(c for c in tokenizer.vocab if c.isalpha()), *tokenizer.vocab):
         text, unknown = split_unknown(tokenizer, candidate, lowercase=lowercase)
         if text and not unknown:
             return candidate, text
