@@ -91,6 +91,11 @@ TRAIN_CASES = [
      "error: logger.foo must be a config with a _target_ (or null to switch it off), got 1"),
     # before Hydra starts (train.py's own check): one `error:` line on stderr
     ("resume without a run", ["resume=true"], 2, "error: no run to resume under outputs/ "),
+    ("resume= and another ckpt_path=", ["resume={tmp}/old_run", "ckpt_path={tmp}/other.ckpt"],
+     2, "resume= continues {tmp}/old_run from {tmp}/old_run/checkpoints/last.ckpt, not from "
+     "ckpt_path={tmp}/other.ckpt"),
+    ("a path Hydra's grammar cannot read", ["data.path=~/nope.txt"], 2,
+     "cannot read 'data.path=~/nope.txt': quote a path, as in \"data.path='~/nope.txt'\""),
     ("unwritable run folder", ["hydra.run.dir={tmp}/a-file/run"], 2,
      "is not writable (Not a directory): set hydra.run.dir to a writable folder"),
     # a crafted checkpoint (code in its pickle) is refused before it runs: test_unsafe_checkpoint
@@ -138,7 +143,8 @@ REFUSED_BEFORE_HYDRA = {
     "unknown group option", "unreadable override", "a list or a sweep?",
     "an interpolation to nothing", "a group set to null", "a logger that is not a config",
     "a GPU config without a GPU", "logger=mlflow without its extra",
-    "logger=wandb without its extra", "missing corpus",
+    "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
+    "a path Hydra's grammar cannot read",
 }  # fmt: skip
 
 

@@ -137,3 +137,41 @@ def test_wheel_ships_the_configs(tmp_path):
     assert "tinyllm/cli.py" in names
     for page in ("index.html", "style.css", "app.js"):  # the chat page of tinyllm-serve
         assert f"tinyllm/serve/static/{page}" in names
+
+
+def test_ctrl_c_in_eval_is_one_line_even_when_a_library_rewords_it(
+    trained_run, monkeypatch, capsys
+):
+    """eval.py under Ctrl-C: one line and 130, no traceback; also when the library it landed
+    in turned it into an error of its own (OmegaConf did, mid-merge: "config.yaml cannot be
+    read"), which would otherwise be reported as that error."""
+    import signal
+
+    from tinyllm import evaluation
+    from tinyllm.evaluation import EvaluationError
+
+    def interrupted_and_reworded(cfg):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)  # the real signal, taken by eval_main's handler
+        except KeyboardInterrupt:
+            raise EvaluationError("config.yaml cannot be read (the library's words)") from None
+
+    handler = signal.getsignal(signal.SIGINT)
+    monkeypatch.setattr(evaluation, "evaluate_config", interrupted_and_reworded)
+    try:
+        assert eval_main([str(trained_run)]) == 130
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert capsys.readouterr().err == "interrupted: nothing was written\n"
+
+
+@pytest.mark.parametrize("command", ["train.py", "eval.py"])
+def test_output_into_a_reader_that_went_away_ends_quietly(command, trained_run):
+    """`--help | head`, `eval.py RUN --json | head`: the reader closed before the output came."""
+    args = ["--help"] if command == "train.py" else [str(trained_run), "--json"]
+    process = subprocess.Popen([sys.executable, str(ROOT / command), *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    process.stdout.close()  # before the program has written anything (its imports take longer)
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 0, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr

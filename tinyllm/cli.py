@@ -28,6 +28,7 @@ import functools
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ from omegaconf import DictConfig
 from tinyllm.config import ConfigError, check_machine, error_line, validate
 from tinyllm.corpus import CorpusError, corpus_files
 from tinyllm.interrupts import InterruptedBeforeTraining, interrupted_line, watch_until_training
-from tinyllm.io import write_atomic
+from tinyllm.io import silence_stdout, write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
@@ -105,6 +106,13 @@ def train_main() -> None:
     """`python train.py` and `tinyllm-train`."""
     watch_until_training()
     try:
+        _train_main()
+    except BrokenPipeError:  # `--help | head`
+        sys.exit(silence_stdout())
+
+
+def _train_main() -> None:
+    try:
         sys.argv = resolve_resume_argv(sys.argv)
         check_config(sys.argv)
         check_output_argv(sys.argv)  # before Hydra creates the run folder
@@ -158,18 +166,42 @@ def eval_main(argv: list[str] | None = None) -> int:
     model. eval.yaml composed with Hydra's compose API rather than `@hydra.main`: evaluation
     only reads, so it gets no run folder, `.hydra/` or log file to suppress, and every bad input
     (Hydra's own errors too) is one `error:` line and exit 2, not Hydra's exit 1."""
-    overrides = eval_overrides(sys.argv[1:] if argv is None else argv)  # --help: no Lightning
-    from tinyllm.artifacts import ArtifactError
-    from tinyllm.evaluation import EvaluationError, eval_config, evaluate_config, report
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    ctrl_c = _CtrlC()
     try:
-        cfg = eval_config(overrides)
-        report(evaluate_config(cfg), cfg)
-    except (EvaluationError, ArtifactError, CorpusError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        overrides = eval_overrides(sys.argv[1:] if argv is None else argv)  # --help: no torch
+        from tinyllm.artifacts import ArtifactError
+        from tinyllm.evaluation import EvaluationError, eval_config, evaluate_config, report
+
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        try:
+            cfg = eval_config(overrides)
+            report(evaluate_config(cfg), cfg)
+        except (EvaluationError, ArtifactError, CorpusError) as e:
+            if ctrl_c.pressed:  # the error is the interruption's, in a library's words
+                raise KeyboardInterrupt from None
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `--json | head`
+        return silence_stdout()
     return 0
+
+
+class _CtrlC:
+    """Ctrl-C raises KeyboardInterrupt as usual and is remembered, so an error a library makes
+    of it (OmegaConf, interrupted half-way through a merge, reports a broken config) is still
+    reported as the interruption it was."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        with contextlib.suppress(ValueError):  # not the main thread: leave the signal alone
+            signal.signal(signal.SIGINT, self._pressed)
+
+    def _pressed(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -229,8 +261,11 @@ def serve_main() -> None:
 
 def export_main() -> None:
     """`tinyllm-export`: write a model as a Hugging Face transformers folder (and check it)."""
-    from tinyllm.export import main
-
+    try:  # torch's import alone takes a second
+        from tinyllm.export import main
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written", file=sys.stderr)
+        sys.exit(130)
     sys.exit(main())
 
 
@@ -439,6 +474,11 @@ def check_config(argv: list[str]) -> None:
         try:
             parsed = parser.parse_overrides([override])[0]
         except OverrideParseException as e:
+            key, _, value = override.partition("=")
+            if value[:1] in "~/." and value[:1]:  # Hydra's grammar reads no bare path but a/b
+                raise ConfigError(
+                    f"cannot read {override!r}: quote a path, as in \"{key}='{value}'\""
+                ) from None
             raise ConfigError(f"cannot read {override!r}: {error_line(e)}") from None
         if parsed.key_or_group == "hydra.mode":
             return
@@ -575,9 +615,17 @@ def resolve_resume_argv(argv: list[str]) -> list[str]:
         return [a for a in argv if not a.startswith("resume=")]
     if any(a in ("-m", "--multirun") for a in argv[1:]):
         raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
+    given = [a.split("=", 1)[1] for a in argv[1:] if _key(a) == "ckpt_path"]
     flags, user = _split_flags([a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")])
     log_dir = configured_log_dir(argv) if value.strip().lower() in _TRUE else None
     run, ckpt = resolve_resume(value, log_dir or ".")
+    # a ckpt_path= of its own would be dropped (DDP's other ranks repeat the run's own one)
+    if given and given[-1] and Path(given[-1]).expanduser().resolve() != ckpt.resolve():
+        raise CheckpointError(
+            f"resume= continues {run} from {ckpt}, not from ckpt_path={given[-1]}: to continue "
+            "from that checkpoint pass resume=<it>, or start a new run from it with ckpt_path= "
+            "alone"
+        )
     # every override's key, `~key` deletions included (a saved one must not apply twice)
     user_keys = {_key(a) for a in user}
     saved = [o for o in _saved_overrides(run) if _key(o) not in user_keys]

@@ -1,8 +1,11 @@
-"""Crash-safe file writes: a kill at any moment leaves the old file or the new one, never half."""
+"""Crash-safe file writes (a kill at any moment leaves the old file or the new one, never half),
+and a quiet end when the reader of our output goes away."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -62,3 +65,11 @@ def write_marked_section(path: Path, marker: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     write_atomic(path, text.encode("utf-8"))
+
+
+def silence_stdout() -> int:
+    """The reader of standard output went away (`| head`): send what is left nowhere, so the
+    command stops quietly as command-line tools do (exit 0), not with a BrokenPipeError."""
+    with contextlib.suppress(OSError, ValueError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0

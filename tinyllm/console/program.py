@@ -24,6 +24,7 @@ from tinyllm.console.session import (
     setup_readline,
 )
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS
+from tinyllm.io import silence_stdout
 from tinyllm.runs import command_name
 
 DESCRIPTION = """\
@@ -125,13 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # the reader went away (`| head`): stop quietly, as command-line tools do
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 0
+        return silence_stdout()
     except OSError as e:  # a full disk, a closed stream
         with contextlib.suppress(OSError, ValueError, AttributeError):
             print(f"{PROG}: error: cannot write the reply ({e.strerror or e})", file=sys.stderr)
