@@ -137,7 +137,7 @@ ACCEPTED_CASES = [
     ("a GPU config printed on any machine", ["trainer=gpu", "--cfg", "job"]),
 ]
 
-# values and overrides checked before Hydra starts, so no run folder is made for them
+# values and overrides checked before Hydra starts (its log is not set up: a plain `error:`)
 REFUSED_BEFORE_HYDRA = {
     "val_split 0", "val_split 1", "val_split < 0", "lr 0", "lr < 0", "heads", "unknown key",
     "unknown group option", "unreadable override", "a list or a sweep?",
@@ -198,8 +198,10 @@ def test_bad_training_input(train_results, index, case):
     # nothing a later run would take for a model or a run to resume
     run = tmp / f"run{index}"
     assert not (run / "checkpoints").exists() and not (run / "best").exists()
-    if name in REFUSED_BEFORE_HYDRA:  # not even a run folder holding only its log
+    if code == 2:  # not even a run folder holding only its log: the one line said it all
         assert not run.exists(), sorted(p.name for p in run.iterdir())
+    if name in REFUSED_BEFORE_HYDRA:
+        assert errors[0].startswith("error: "), errors[0]
 
 
 @pytest.mark.parametrize(

@@ -52,8 +52,10 @@ from tinyllm.runs import (
     command_name,
     default_log_dir,
     missing_folders,
+    new_run_folder,
     newest_with,
     remove_empty,
+    take_back,
 )
 from tinyllm.sweep import exit_job
 
@@ -78,9 +80,11 @@ def _train_app(cfg: DictConfig) -> float | None:
         return train(cfg)
     except (ConfigError, CorpusError, ArtifactError, RunFolderError) as e:
         log.error("%s", e)
+        _take_back_single_run(cfg)
         return exit_job(2, e)  # in a -m sweep: this job fails, the others run (tinyllm/sweep.py)
     except InstantiationException as e:
         log.error("%s", str(e.__cause__ or e).strip().splitlines()[0])
+        _take_back_single_run(cfg)
         return exit_job(2, str(e.__cause__ or e))
     except (
         TrainingInterrupted
@@ -100,6 +104,16 @@ def _train_app(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:  # not from a signal of ours (interrupts.py): as Ctrl-C
         log.warning(interrupted_line())
         sys.exit(130)
+
+
+def _take_back_single_run(cfg: DictConfig) -> None:
+    """A refused run leaves no folder (runs.take_back); a sweep's jobs keep theirs, which its
+    summary names."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.RUN:
+        take_back(HydraConfig.get().runtime.output_dir)
 
 
 def train_main() -> None:
@@ -536,6 +550,8 @@ def check_output_argv(argv: list[str]) -> None:
     # made to be probed, then removed again: Hydra makes the run's folder, and a command that
     # runs nothing (--help, --cfg job) leaves no empty outputs/ behind
     made = missing_folders(path)
+    if made and made[0] == path and key == "hydra.run.dir":
+        new_run_folder(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

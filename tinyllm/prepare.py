@@ -233,7 +233,14 @@ def prepare_corpus(
         if fcntl is not None:  # only the lock's holder writes here: these are a killed one's
             for stale in folder.glob(".*.tmp"):
                 stale.unlink(missing_ok=True)
-        _prepare(files, settings, folder, name, chunk_bytes, progress)
+        try:
+            _prepare(files, settings, folder, name, chunk_bytes, progress)
+        except BaseException:  # an unusable corpus, a full disk, Ctrl-C: no folder of a lock
+            if {p.name for p in folder.iterdir()} == {LOCK_FILE}:
+                (folder / LOCK_FILE).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            raise
     prepared = load_prepared(folder, files, settings)
     if prepared is None:  # the sources changed right after preparation
         raise _changed(name)

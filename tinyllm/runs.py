@@ -9,6 +9,7 @@ import atexit
 import contextlib
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -105,6 +106,31 @@ def unique_folder(path: str) -> str:
             candidate = f"{path}_{n}"
     _made[path] = candidate
     return candidate
+
+
+# what a new run writes before it trains: its settings, its log, its config and tokenizer
+_START_FILES = {".hydra", "train.log", RUN_CONFIG, "tokenizer.json", LOCK_FILE}
+_new_run_folders: list[Path] = []  # named by hydra.run.dir=, and not there before this run
+
+
+def new_run_folder(folder: Path) -> None:
+    """`folder` (hydra.run.dir=) does not exist yet: this run makes it, and may take it back."""
+    _new_run_folders.append(folder)
+
+
+def take_back(folder: str | Path) -> None:
+    """A new run refused before training (a corpus or checkpoint it cannot use, said in one
+    line) leaves no run folder, as one refused before Hydra started: only a folder this process
+    made, and only while it holds nothing but what the start wrote."""
+    folder = Path(folder).resolve()
+    if folder not in {Path(made).resolve() for made in [*_made.values(), *_new_run_folders]}:
+        return
+    with contextlib.suppress(OSError):
+        if not {p.name for p in folder.iterdir()} <= _START_FILES:
+            return
+        for path in folder.iterdir():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        remove_empty([folder, *_made_parents])
 
 
 def _remove_unused() -> None:
