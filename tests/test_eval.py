@@ -11,11 +11,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT
+from conftest import ROOT, compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tinyllm.cli import eval_overrides
+from tinyllm.config import ConfigError, validate
 from tinyllm.evaluation import EvaluationError, eval_config, evaluate, evaluate_ids, main
 from tinyllm.model import ModelConfig, Transformer
 
@@ -198,3 +199,47 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
         assert code == 2, argv
         assert expected in err and err.startswith("error: "), (argv, err)
         assert "\n" not in err and "Traceback" not in err, (argv, err)
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("training.val_split=abc", "invalid training config (training.val_split)"),
+        ("training.val_split=null", "invalid training config (training.val_split)"),
+        ("training.max_context=abc", "invalid training config (training.max_context)"),
+        ("training.batch_size=abc", "invalid training config (training.batch_size)"),
+        ("data.val_split=abc", "data.val_split must be a number in (0, 1), got 'abc'"),
+        ("data.val_split=null", "data.val_split must be a number in (0, 1), got None"),
+        ("data.lowercase=abc", "data.lowercase must be true or false, got 'abc'"),
+        ("data.lowercase=1", "data.lowercase must be true or false, got 1"),
+        ("data.normalize_whitespace=abc", "data.normalize_whitespace must be true or false"),
+        ("data.keep_stage_directions=null", "data.keep_stage_directions must be true or false"),
+        ("data.pin_memory=abc", "data.pin_memory must be true or false"),
+        ("data.path=", "data.path must be a text file, a folder or a quoted glob"),
+        ("data.path=' '", "data.path must be a text file"),
+        ("data.path=[a.txt]", "data.path must be a text file"),
+        ("data.cache_dir=", "data.cache_dir must be a folder (null: prepare the corpus in memory)"),
+        ("data.encoding=null", "data.encoding must be a text encoding"),
+        ("data.tokenizer=", "data.tokenizer must be one of chars, bytes"),
+        ("data.batch_size=abc", "data.batch_size must be an integer >= 1, got 'abc'"),
+        ("data.max_context=abc", "data.max_context must be an integer >= 1, got 'abc'"),
+        ("data.num_workers=abc", "data.num_workers must be an integer >= 0"),
+        ("data.max_val_windows=abc", "data.max_val_windows must be an integer >= 1 or null"),
+        ("data.train_windows_per_epoch=abc", "data.train_windows_per_epoch must be an integer"),
+        ("data.seed=abc", "data.seed must be an integer >= 0"),
+        ("seed=abc", "seed must be an integer, got 'abc'"),
+    ],
+)
+def test_values_of_the_wrong_type_are_refused_as_training_refuses_them(
+    override, expected, trained_run, tmp_path, capsys
+):
+    """A value training would refuse (tinyllm.config's checks) is one line and exit 2 here too,
+    not a traceback (`training.val_split=abc`), nor applied as true (`data.lowercase=abc`), nor
+    the current folder read as the corpus (`data.path=`)."""
+    assert main([str(trained_run), override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err, err
+    assert "\n" not in err and "Traceback" not in err, err
+    with pytest.raises(ConfigError) as refused:  # train.py's words for the same value
+        validate(compose_config([override], tmp_path))
+    assert err == f"error: {refused.value}"

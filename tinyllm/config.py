@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.runs import default_log_dir, unique_folder
+from tinyllm.tokenizer import TOKENIZER_KINDS
 
 # the values training.optimizer, .optimizer_impl and .lr_schedule take (tinyllm/optimizers.py,
 # tinyllm.module.LRPlan); here, free of torch, so that train.py checks a run's values and watches
@@ -303,7 +304,22 @@ def _between(low: float, high: float, *, low_open: bool = False, high_open: bool
     return check, f"a number in {brackets[0]}{low}, {high}{brackets[1]}"
 
 
+def _text(value) -> bool:
+    """Not blank: `data.path=` is "", which as a path would be the current folder."""
+    return isinstance(value, str) and value.strip() != ""
+
+
+def _path(what: str):
+    """A path or null, as Hydra parses it (`data.path=2024` is a number): not blank."""
+
+    def check(value) -> bool:
+        return value is None or (isinstance(value, (str, int, float)) and _text(str(value)))
+
+    return check, what
+
+
 _POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
+_FLAG = (lambda v: isinstance(v, bool), "true or false")
 _BETAS = (
     lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_between(0, 1, high_open=True)
                                                                    [0](b) for b in v),
@@ -320,6 +336,17 @@ _VAL_CHECK = (
 )
 
 RULES: dict[str, tuple] = {
+    "seed": (lambda v: v is None or _integer(v), "an integer"),
+    "data.path": _path(
+        "a text file, a folder or a quoted glob, e.g. data.path=my.txt (null: the plays)"
+    ),
+    "data.tokenizer": _one_of(tuple(TOKENIZER_KINDS)),
+    "data.encoding": (_text, "a text encoding such as utf-8 or latin-1"),
+    "data.lowercase": _FLAG,
+    "data.normalize_whitespace": _FLAG,
+    "data.keep_stage_directions": _FLAG,
+    "data.pin_memory": _FLAG,
+    "data.cache_dir": _path("a folder (null: prepare the corpus in memory)"),
     "data.batch_size": _int_at_least(1),
     "data.max_context": _int_at_least(1),
     "data.val_split": _between(0, 1, low_open=True, high_open=True),
@@ -397,8 +424,9 @@ def error_line(error: BaseException, *, named: str = "") -> str:
     return "; ".join(part.rstrip(".") for part in [first, *parts[1:]])
 
 
-def validate(cfg: DictConfig) -> TrainingConfig:
-    """Check the composed config; return the typed training recipe."""
+def training_config(cfg: DictConfig) -> TrainingConfig:
+    """`cfg.training` as the typed recipe, or one ConfigError line naming the key (eval.py
+    checks it too: its data reads training.val_split and the like)."""
     try:
         # resolved in the whole config first: `${training.max_context}` names its root
         values = OmegaConf.to_container(cfg.training, resolve=True)
@@ -409,6 +437,12 @@ def validate(cfg: DictConfig) -> TrainingConfig:
         where = f"training.{key}" if key and not str(key).startswith("training") else key
         message = error_line(e, named=str(where))
         raise ConfigError(f"invalid training config ({where}): {message}") from None
+    return training
+
+
+def validate(cfg: DictConfig) -> TrainingConfig:
+    """Check the composed config; return the typed training recipe."""
+    training = training_config(cfg)
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
     model.pop("_target_", None)
     # `model.compile` is a training switch (torch.compile), not part of the saved ModelConfig
@@ -429,8 +463,6 @@ def validate(cfg: DictConfig) -> TrainingConfig:
             f"{precision}: set training.gradient_clip=0, training.optimizer_impl=foreach "
             "or trainer.precision=32-true"
         )
-    if cfg.get("seed") is not None and not isinstance(cfg.seed, int):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     check_rules(cfg)
     for group in ("callbacks", "logger"):  # each entry is instantiated: a config, or null (off)
         entries = cfg.get(group)

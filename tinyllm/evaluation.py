@@ -31,7 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.artifacts import load_model
-from tinyllm.config import error_line
+from tinyllm.config import ConfigError, check_rules, error_line, training_config
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import Transformer
@@ -126,6 +126,7 @@ def eval_config(overrides: Sequence[str] = (), **settings: object) -> DictConfig
             if f"data.{key}" in keys or default_data.get(key) != value
         }
         data = {**_run_data(run_config), **changed}
+    _check_values(cfg, data)
     return OmegaConf.create(
         {
             **OmegaConf.to_container(own),
@@ -146,6 +147,18 @@ def _check_keys(overrides: list[str], keys: list[str], defaults: DictConfig) -> 
                 "only data.KEY=VALUE overrides (e.g. data.path=my.txt data.lowercase=true; "
                 "also training.val_split=, paths.KEY=)"
             )
+
+
+def _check_values(cfg: DictConfig, data: dict) -> None:
+    """What train.py would refuse, in its words (tinyllm.config's checks, not a second set):
+    the composed training recipe and seed, which data reads (`training.val_split=abc`), and the
+    data settings evaluated (`data.lowercase=abc`, `data.path=`)."""
+    try:
+        training_config(cfg)
+        check_rules(cfg)
+        check_rules(OmegaConf.create({"data": data}))
+    except ConfigError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def _run_data(run_config: Path) -> dict:
