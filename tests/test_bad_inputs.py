@@ -98,6 +98,10 @@ TRAIN_CASES = [
      "cannot read 'data.path=~/nope.txt': quote a path, as in \"data.path='~/nope.txt'\""),
     ("unwritable run folder", ["hydra.run.dir={tmp}/a-file/run"], 2,
      "is not writable (Not a directory): set hydra.run.dir to a writable folder"),
+    ("a file for the run folder", ["hydra.run.dir={tmp}/a-file"], 2,
+     "hydra.run.dir={tmp}/a-file is a file: set hydra.run.dir to a folder"),
+    ("a folder for ckpt_path", ["ckpt_path={tmp}/done"], 2,
+     "checkpoint {tmp}/done is a folder: pass a file in it"),
     # a crafted checkpoint (code in its pickle) is refused before it runs: test_unsafe_checkpoint
     ("resume from an unsafe checkpoint", ["resume={tmp}/evil_run"], 2,
      "checkpoint {tmp}/evil_run/checkpoints/last.ckpt cannot be loaded safely"),
@@ -144,7 +148,7 @@ REFUSED_BEFORE_HYDRA = {
     "an interpolation to nothing", "a group set to null", "a logger that is not a config",
     "a GPU config without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
-    "a path Hydra's grammar cannot read",
+    "a path Hydra's grammar cannot read", "a file for the run folder",
 }  # fmt: skip
 
 

@@ -94,10 +94,13 @@ class _Boring(L.LightningModule):
 
 
 @pytest.mark.parametrize(
-    ("min_interval", "drawn"),
-    [(0.0, [*range(1, 8), *range(1, 8)]), (3600.0, [1, 7, 7])],  # two epochs of 7 batches
-)
-def test_progress_bar_redraws_at_most_every_min_interval_and_at_the_epoch_end(min_interval, drawn):
+    ("min_interval", "max_steps", "drawn"),
+    [(0.0, -1, [*range(1, 8), *range(1, 8)]), (3600.0, -1, [1, 7, 7]),  # 2 epochs of 7 batches
+     (3600.0, 10, [1, 7, 3])],  # the run ends in the middle of its second epoch
+)  # fmt: skip
+def test_progress_bar_redraws_at_most_every_min_interval_and_at_the_epoch_end(
+    min_interval, max_steps, drawn
+):
     class Recording(ProgressBar):
         def __init__(self, **kwargs):
             super().__init__(**kwargs)
@@ -109,8 +112,10 @@ def test_progress_bar_redraws_at_most_every_min_interval_and_at_the_epoch_end(mi
             super()._update(progress_bar_id, current, visible, hard)
 
     bar = Recording(min_interval=min_interval)
-    trainer = L.Trainer(max_epochs=2, callbacks=[bar], logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    trainer = L.Trainer(max_epochs=2, max_steps=max_steps, callbacks=[bar], logger=False,
+                        enable_checkpointing=False, enable_model_summary=False,
+                        accelerator="cpu")  # fmt: skip
     trainer.fit(_Boring())
-    # every batch, or the run's first and then only each epoch's last (the bar never ends short)
+    # every batch, or the run's first and then only each epoch's or the run's last (the bar
+    # never ends short)
     assert bar.drawn == drawn

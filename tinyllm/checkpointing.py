@@ -46,6 +46,11 @@ def verify_checkpoint(path: str | Path) -> dict:
     Lightning training checkpoints before Lightning fails on them half-way through its restore.
     """
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(
+            f"checkpoint {path} is a folder: pass a file in it, e.g. ckpt_path=<run>/checkpoints/"
+            "last.ckpt, or continue its run with resume=<run folder>"
+        )
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist: pass ckpt_path=<run>/checkpoints/last.ckpt "

@@ -549,6 +549,8 @@ def check_output_argv(argv: list[str]) -> None:
         )
     # made to be probed, then removed again: Hydra makes the run's folder, and a command that
     # runs nothing (--help, --cfg job) leaves no empty outputs/ behind
+    if path.is_file():  # mkdir would say "File exists"
+        raise RunFolderError(f"{key}={path} is a file: set {key} to a folder")
     made = missing_folders(path)
     if made and made[0] == path and key == "hydra.run.dir":
         new_run_folder(path)

@@ -14,7 +14,7 @@ class ProgressBar(RichProgressBar):
 
     Lightning redraws the bar after every batch (metrics read, bar updated); on nanoGPT's small
     CPU recipe that was 0.2 ms of a 27.6 ms step (benchmarks/RESULTS.md), so training batches
-    redraw only when `min_interval` seconds have passed, and at the last batch of an epoch.
+    redraw only when `min_interval` seconds have passed, and at the last batch of an epoch or run.
     """
 
     SHORT_NAMES = {"train/loss": "loss", "val/loss": "val_loss", "train/tokens_per_sec": "tok/s"}
@@ -26,7 +26,9 @@ class ProgressBar(RichProgressBar):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.monotonic()
-        last = batch_idx + 1 >= self.total_train_batches
+        # the last batch of an epoch or of the run: the bar ends showing where training ended
+        last = batch_idx + 1 >= self.total_train_batches or trainer.should_stop
+        last |= 0 < trainer.max_steps <= trainer.global_step
         if now - self._drawn_at < self.min_interval and not last:
             return
         self._drawn_at = now
