@@ -74,6 +74,10 @@ TRAIN_CASES = [
     ("lr 0", ["training.learning_rate=0"], 2, "training.learning_rate must be > 0, got 0"),
     ("lr < 0", ["training.learning_rate=-1"], 2, "training.learning_rate must be > 0, got -1.0"),
     ("heads", ["model.n_head=3"], 2, "model.n_head=3 must divide model.n_embd=32"),
+    ("unknown encoding", ["data.encoding=utf-9"], 2,
+     "data.encoding must be a text encoding Python knows, such as utf-8 or latin-1, got 'utf-9'"),
+    ("no devices", ["trainer.devices=0"], 2, "trainer.devices must be a count (>= 1), -1 for "
+     'all, "auto" or a list of indices, got 0'),
     # overrides that do not compose: Hydra's report (the problem, the fix, the options) on one
     # line, before Hydra starts (it would print several lines and exit 1)
     ("unknown key", ["training.learning_rat=1e-3"], 2, "error: Could not override "
@@ -148,7 +152,8 @@ REFUSED_BEFORE_HYDRA = {
     "an interpolation to nothing", "a group set to null", "a logger that is not a config",
     "a GPU config without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
-    "a path Hydra's grammar cannot read", "a file for the run folder",
+    "a path Hydra's grammar cannot read", "a file for the run folder", "unknown encoding",
+    "no devices",
 }  # fmt: skip
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from tinyllm.corpus import known_encoding
 from tinyllm.runs import default_log_dir, unique_folder
 from tinyllm.tokenizer import TOKENIZER_KINDS
 
@@ -318,6 +319,15 @@ def _path(what: str):
     return check, what
 
 
+def _devices(value) -> bool:
+    """What Lightning's `devices` takes: a count, -1 (all), "auto", or a list of indices."""
+    if isinstance(value, str):
+        return value == "auto" or (value.lstrip("-").isdigit() and _devices(int(value)))
+    if isinstance(value, list):
+        return bool(value) and all(_integer(i) and i >= 0 for i in value)
+    return _integer(value) and (value >= 1 or value == -1)
+
+
 _POSITIVE = (lambda v: _number(v) and v > 0, "a number > 0")
 _FLAG = (lambda v: isinstance(v, bool), "true or false")
 _BETAS = (
@@ -341,7 +351,10 @@ RULES: dict[str, tuple] = {
         "a text file, a folder or a quoted glob, e.g. data.path=my.txt (null: the plays)"
     ),
     "data.tokenizer": _one_of(tuple(TOKENIZER_KINDS)),
-    "data.encoding": (_text, "a text encoding such as utf-8 or latin-1"),
+    "data.encoding": (
+        lambda v: _text(v) and known_encoding(v),
+        "a text encoding Python knows, such as utf-8 or latin-1",
+    ),
     "data.lowercase": _FLAG,
     "data.normalize_whitespace": _FLAG,
     "data.keep_stage_directions": _FLAG,
@@ -369,6 +382,7 @@ RULES: dict[str, tuple] = {
     "trainer.gradient_clip_val": _at_least(0, nullable=True),
     "trainer.accumulate_grad_batches": _int_at_least(1),
     "trainer.num_nodes": _int_at_least(1),
+    "trainer.devices": (_devices, 'a count (>= 1), -1 for all, "auto" or a list of indices'),
     "trainer.num_sanity_val_steps": _int_at_least(-1),
     "callbacks.early_stopping.patience": _int_at_least(0),
     "callbacks.early_stopping.min_delta": _at_least(0),

@@ -46,16 +46,22 @@ def show_path(path: str | Path) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_encoding(encoding: str, shown: str) -> None:
-    # Ask the stdlib's codec table rather than codecs.lookup(): a catch-all search function
-    # installed by a third-party package (future_typing registers one from a .pth file) would
-    # otherwise accept any misspelled encoding name.
+def known_encoding(encoding: str) -> bool:
+    """A text encoding of the stdlib's codec table. Not codecs.lookup(): a catch-all search
+    function installed by a third-party package (future_typing registers one from a .pth file)
+    would accept any misspelled name."""
     if encodings.search_function(encoding.lower()) is None:
-        raise _unknown_encoding(encoding, shown)
+        return False
     try:
         "".encode(encoding)
     except LookupError:  # a bytes-to-bytes codec such as base64
-        raise _unknown_encoding(encoding, shown) from None
+        return False
+    return True
+
+
+def _check_encoding(encoding: str, shown: str) -> None:
+    if not known_encoding(encoding):
+        raise _unknown_encoding(encoding, shown)
 
 
 def _unknown_encoding(encoding: str, shown: str) -> CorpusError:
