@@ -565,3 +565,24 @@ def test_a_path_without_a_model_exits_2_with_one_line(tmp_path):
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "does not exist" in lines[0], result.stderr
+
+
+def test_ctrl_c_during_a_prompt_reply_ends_the_line_and_says_so(trained_run):
+    """`chat.py --prompt`: no session to return to, so Ctrl-C ends the program: one line on
+    stderr after a line break (the reply was cut mid-line), exit 130, no traceback."""
+    import signal
+    import subprocess
+
+    from conftest import ROOT
+
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "chat.py"), str(trained_run), "--prompt", "ROMEO:",
+         "--max-tokens", "100000"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as a terminal starts it
+    )  # fmt: skip
+    assert process.stdout.read(50)  # the reply is being written
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 130, stderr
+    assert stderr.decode().endswith("\nchat.py: interrupted\n") and b"Traceback" not in stderr

@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     """`python chat.py ...`; returns the exit status."""
     try:
         return _main(argv)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # while loading, or during a --prompt reply (the console's own
+        # Ctrl-C ends a reply and stays): the line break ends a reply cut mid-line
+        with contextlib.suppress(OSError, ValueError):
+            sys.stdout.flush()
+        print(f"\n{command_name('tinyllm-chat', 'chat.py')}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return silence_stdout()
