@@ -294,6 +294,13 @@ def test_fields_asking_for_what_the_server_does_not_do_get_400(client, changes):
     assert error.value.body["param"] in ("logprobs", "top_logprobs")
 
 
+def test_stream_options_without_stream_is_400_as_in_openai(client):
+    with pytest.raises(openai.BadRequestError) as error:
+        client.completions.create(model=MODEL_ID, prompt="A", max_tokens=2,
+                                  stream_options={"include_usage": True})  # fmt: skip
+    assert error.value.body["param"] == "stream_options"
+
+
 def test_head_requests_and_a_trailing_slash(server):
     """`curl -I` and uptime checks send HEAD; `/v1/completions/` is no route (a 404 error
     object, not a bare redirect)."""

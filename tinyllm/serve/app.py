@@ -295,6 +295,9 @@ def create_app(loaded: LoadedModel, config: ServeConfig | None = None) -> FastAP
             first = e.errors()[0]
             param = ".".join(str(p) for p in first["loc"] if not _is_type_tag(p)) or None
             raise APIError(400, f"{param}: {first['msg']}", param, "invalid_value") from None
+        if body.stream_options is not None and not body.stream:  # as OpenAI's API answers
+            raise APIError(400, "stream_options is only allowed with stream: true",
+                           "stream_options")  # fmt: skip
         for name, neutral in _UNSUPPORTED.items():
             if name in (body.model_extra or {}) and body.model_extra[name] not in neutral:
                 raise APIError(400, f"{name} is not supported by this server: leave it out",
