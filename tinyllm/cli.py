@@ -28,7 +28,6 @@ import functools
 import logging
 import os
 import re
-import signal
 import sys
 import tempfile
 from contextlib import contextmanager
@@ -41,7 +40,12 @@ from omegaconf import DictConfig
 
 from tinyllm.config import ConfigError, check_machine, error_line, validate
 from tinyllm.corpus import CorpusError, corpus_files
-from tinyllm.interrupts import InterruptedBeforeTraining, interrupted_line, watch_until_training
+from tinyllm.interrupts import (
+    InterruptedBeforeTraining,
+    RememberedCtrlC,
+    interrupted_line,
+    watch_until_training,
+)
 from tinyllm.io import silence_stdout, write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
@@ -180,7 +184,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     model. eval.yaml composed with Hydra's compose API rather than `@hydra.main`: evaluation
     only reads, so it gets no run folder, `.hydra/` or log file to suppress, and every bad input
     (Hydra's own errors too) is one `error:` line and exit 2, not Hydra's exit 1."""
-    ctrl_c = _CtrlC()
+    ctrl_c = RememberedCtrlC()
     try:
         overrides = eval_overrides(sys.argv[1:] if argv is None else argv)  # --help: no torch
         from tinyllm.artifacts import ArtifactError
@@ -201,21 +205,6 @@ def eval_main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `--json | head`
         return silence_stdout()
     return 0
-
-
-class _CtrlC:
-    """Ctrl-C raises KeyboardInterrupt as usual and is remembered, so an error a library makes
-    of it (OmegaConf, interrupted half-way through a merge, reports a broken config) is still
-    reported as the interruption it was."""
-
-    def __init__(self) -> None:
-        self.pressed = False
-        with contextlib.suppress(ValueError):  # not the main thread: leave the signal alone
-            signal.signal(signal.SIGINT, self._pressed)
-
-    def _pressed(self, signum, frame) -> None:
-        self.pressed = True
-        raise KeyboardInterrupt
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -489,7 +478,7 @@ def check_config(argv: list[str]) -> None:
             parsed = parser.parse_overrides([override])[0]
         except OverrideParseException as e:
             key, _, value = override.partition("=")
-            if value[:1] in "~/." and value[:1]:  # Hydra's grammar reads no bare path but a/b
+            if value.startswith("~") or "/" in value:  # a path the grammar reads only quoted
                 raise ConfigError(
                     f"cannot read {override!r}: quote a path, as in \"{key}='{value}'\""
                 ) from None

@@ -1,7 +1,8 @@
 """Ctrl-C and SIGTERM before training starts: the imports, the checks, Hydra's set-up and the
 corpus's preparation, before the FaultGuard callback takes both signals over (it then finishes
 the step, validates, saves and says how to resume). Free of Lightning: `train_main` (cli.py)
-watches from its first line, before the training code loads (seconds of imports).
+watches from its first line, before the training code loads (seconds of imports). Also the
+Ctrl-C of the commands that do not train (RememberedCtrlC, eval.py).
 """
 
 from __future__ import annotations
@@ -71,3 +72,18 @@ def training_starts() -> int | None:
     _state["training"] = True
     dropped, _state["signal"] = _state["signal"], None
     return dropped
+
+
+class RememberedCtrlC:
+    """From now on, Ctrl-C raises KeyboardInterrupt as usual and is remembered, so an error a
+    library makes of it (OmegaConf, interrupted half-way through a merge, reports a broken
+    config) is still reported as the interruption it was."""
+
+    def __init__(self) -> None:
+        self.pressed = False
+        with contextlib.suppress(ValueError):  # not the main thread: leave the signal alone
+            signal.signal(signal.SIGINT, self._pressed)
+
+    def _pressed(self, signum, frame) -> None:
+        self.pressed = True
+        raise KeyboardInterrupt
