@@ -106,7 +106,7 @@ _METADATA_TYPES = {"val_loss": (int, float), "val_bpc": (int, float), "step": in
                    "console": dict, "format": str, "version": int,
                    "lowercase": bool}  # fmt: skip
 # console defaults: the limits SamplingSettings enforces (tinyllm/generation.py)
-_CONSOLE_RANGES = {"max_tokens": (int, 1, MAX_TOKENS), "temperature": ((int, float), 0,
+CONSOLE_RANGES = {"max_tokens": (int, 1, MAX_TOKENS), "temperature": ((int, float), 0,
                    MAX_TEMPERATURE), "top_k": (int, 0, MAX_TOP_K)}  # fmt: skip
 
 
@@ -138,7 +138,7 @@ def check_metadata(data: dict, path: Path) -> dict:
             raise _type_error(path, key, data[key], expected)
     if "console" in data and data["console"] is None:
         del data["console"]  # null: no stored console defaults, as if the key were absent
-    for key, (expected, low, high) in _CONSOLE_RANGES.items():
+    for key, (expected, low, high) in CONSOLE_RANGES.items():
         value = data.get("console", {}).get(key)
         if value is None:
             continue

@@ -6,16 +6,13 @@ import json
 import math
 from pathlib import Path
 
-from tinyllm.artifacts import LoadedModel
+from tinyllm.artifacts import CONSOLE_RANGES, LoadedModel
 from tinyllm.export.architectures import architecture
-from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K, split_unknown
+from tinyllm.generation import split_unknown
 from tinyllm.runs import find_run_config
 
 # the run's console defaults when its metadata has none (training/default.yaml)
 CONSOLE_DEFAULTS = {"max_tokens": 500, "temperature": 0.8, "top_k": 0}
-# what each console default may be (the limits of metadata.json, tinyllm/artifacts.py)
-CONSOLE_RANGES = {"max_tokens": (int, 1, MAX_TOKENS), "temperature": ((int, float), 0,
-                  MAX_TEMPERATURE), "top_k": (int, 0, MAX_TOP_K)}  # fmt: skip
 
 
 def read_run_config(model_path: Path) -> dict:
