@@ -33,10 +33,27 @@ def test_overhead_floor_quick(corpus_file):
     assert idle >= 9  # the configured callbacks and those every run keeps, not the timer
     assert list(result) == [
         "plain loop", "bare Lightning", f"bare Lightning, {idle} idle callbacks",
-        "pipeline, no callbacks or logger", "pipeline",
+        overhead.AS_IT_COMES, "pipeline, no callbacks or logger", "pipeline",
     ]  # fmt: skip
     assert all(finite(r["ms_per_step"]) and finite(r["ratio"]) for r in result.values())
     assert result["plain loop"]["ratio"] == 1.0
+
+
+def test_overhead_hooks_quick(corpus_file):
+    """Every per-step hook of the pipeline is timed and put down to its owner."""
+    from benchmarks import overhead
+    from benchmarks.common import NANOGPT_CPU, QUICK
+
+    result = overhead.hook_times(str(corpus_file), [*NANOGPT_CPU, *QUICK], steps=3)
+    hooks = result["hooks_ms"]
+    assert "tinyllm: FaultGuard.on_before_backward" in hooks
+    assert "tinyllm: LanguageModel.on_train_batch_end" in hooks
+    assert "lightning: ModelCheckpoint.on_train_batch_end" in hooks
+    assert any(k.startswith("lightning: LightningModule.log") for k in hooks)
+    assert result["tinyllm_ms"] == pytest.approx(
+        sum(v for k, v in hooks.items() if k.startswith("tinyllm"))
+    )
+    assert all(v >= 0 for v in hooks.values()) and finite(result["step_ms"])
 
 
 def test_generation_quick():
