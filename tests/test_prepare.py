@@ -537,9 +537,11 @@ def test_prepare_command_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch,
         ([f"data.path={tmp_path}/books/*.txt"], "matches no files"),
         (["data.path=missing.txt"], "not found"),
         ([f"data.path={text}", "data.tokenizer=words"], "data.tokenizer must be one of"),
-        ([f"data.path={text}", "data.encoding=nope"], "unknown text encoding"),
+        ([f"data.path={text}", "data.encoding=nope"], "data.encoding must be a text encoding"),
         ([f"data.path={text}", f"paths.data_dir={text}/data"], "cannot write the token cache"),
         ([f"data.path={text}", "data.cache_dir=null"], "nothing to prepare ahead"),
+        # a cache no training could use: training refuses the value
+        ([f"data.path={text}", "data.lowercase=maybe"], "data.lowercase must be true or false"),
         (["model=tiny"], "unknown argument"),
     ]:
         assert prepare_main([*args, "--quiet"]) == 2, args

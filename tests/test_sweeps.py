@@ -183,6 +183,31 @@ def test_single_runs_write_no_result_file(tmp_path):
     assert not (tmp_path / RESULT_FILE).exists()
 
 
+def test_a_search_is_checked_by_its_jobs_not_by_its_base_config():
+    """hparams_search=optuna chooses model.n_embd itself (96, 192, 288): model.n_head=3 divides
+    each, though not the base config's width; check_config leaves a search to its jobs."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    from tinyllm.cli import check_config
+
+    check_config(["train.py", "hparams_search=optuna", "model=tiny", "model.n_head=3"])
+
+
+def test_a_sweep_folder_holding_runs_is_not_swept_into_again(tmp_path):
+    """Its jobs would write beside the old ones' checkpoints, best/ and events, as a new run in a
+    run's folder would (refused the same way)."""
+    from tinyllm.cli import check_output_argv
+    from tinyllm.runs import RunFolderError
+
+    sweep = tmp_path / "sweep"
+    argv = ["train.py", "-m", "training.learning_rate=1e-3,3e-3", f"hydra.sweep.dir={sweep}"]
+    check_output_argv(argv)  # a new folder, or one without runs: fine
+    (sweep / "1" / "checkpoints").mkdir(parents=True)
+    check_output_argv(argv)
+    (sweep / "1" / "checkpoints" / "last.ckpt").write_bytes(b"a job's")
+    with pytest.raises(RunFolderError, match=r"already holds a sweep's runs .*resume=.*/1"):
+        check_output_argv(argv)
+
+
 @pytest.mark.slow
 def test_optuna_search_goes_on_past_a_failed_trial(tmp_path, corpus_file):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")

@@ -38,7 +38,7 @@ import yaml
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from tinyllm.config import ConfigError, check_machine, error_line, validate
+from tinyllm.config import ConfigError, check_machine, check_rules, error_line, validate
 from tinyllm.corpus import CorpusError, corpus_files
 from tinyllm.interrupts import (
     InterruptedBeforeTraining,
@@ -104,6 +104,7 @@ def _train_app(cfg: DictConfig) -> float | None:
         return exit_job(1, e)
     except InterruptedBeforeTraining as e:  # the corpus's preparation, the Trainer's set-up
         log.warning("%s", e)
+        _take_back_single_run(cfg)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:  # not from a signal of ours (interrupts.py): as Ctrl-C
         log.warning(interrupted_line())
@@ -303,6 +304,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
     try:
         with initialize_config_module("tinyllm.configs", version_base="1.3"):
             cfg = compose("train", overrides=args.overrides)
+        check_rules(cfg)  # the values training would refuse (data.lowercase=maybe)
         datamodule = instantiate(cfg.data)
         _check_cache_dir(datamodule.cache_dir)  # before reading a corpus that may be huge
         with _progress_bar(enabled=not args.quiet) as progress:
@@ -488,10 +490,11 @@ def check_config(argv: list[str]) -> None:
         if parsed.is_sweep_override():
             sweeps.append(override)
     try:
-        if sweeps:  # a search config sweeps by itself; otherwise Hydra asks for -m (below)
-            plain = _composed(tuple(a for a in argv if a not in sweeps))
-            if plain.hydra.mode == RunMode.MULTIRUN:
-                return
+        # a search config (hparams_search=optuna) sweeps by itself, over values it chooses:
+        # each of its jobs checks its own; a sweep without one, Hydra asks for -m (below)
+        plain = _composed(tuple(a for a in argv if a not in sweeps))
+        if plain.hydra.mode == RunMode.MULTIRUN:
+            return
         cfg = _composed(tuple(argv))
         validate(cfg)
         check_machine(cfg)
@@ -536,6 +539,13 @@ def check_output_argv(argv: list[str]) -> None:
             f"{path} already holds a run ({_LAST_IN_RUN}): continue it with "
             f"resume={path}, or set hydra.run.dir to a new folder"
         )
+    if key == "hydra.sweep.dir" and path.is_dir():  # its jobs would mix with the old ones
+        job = next((j for j in sorted(path.iterdir()) if (j / _LAST_IN_RUN).is_file()), None)
+        if job is not None:
+            raise RunFolderError(
+                f"{path} already holds a sweep's runs ({job.name}/{_LAST_IN_RUN}): continue "
+                f"a job with resume={job}, or set hydra.sweep.dir to a new folder"
+            )
     # made to be probed, then removed again: Hydra makes the run's folder, and a command that
     # runs nothing (--help, --cfg job) leaves no empty outputs/ behind
     if path.is_file():  # mkdir would say "File exists"
