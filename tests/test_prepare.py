@@ -475,6 +475,28 @@ def test_prepare_corpus_without_a_cache_folder_is_in_memory(tmp_path):
     assert prepared.tokenizer.decode(prepared.ids.tolist()) == "abc\n" * 10
 
 
+@pytest.mark.parametrize("cache", ["none", "unwritable"])
+def test_a_run_without_a_cache_prepares_its_corpus_once(tmp_path, corpus_file, monkeypatch, cache):
+    """train.py prepares, then sets up, then Lightning prepares again: in memory, each of those
+    was a whole preparation (the time, and the memory, three times over)."""
+    from conftest import compose_config
+
+    from tinyllm import data
+    from tinyllm.training import train
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[2])  # the cache folder asked for
+        return prepare_corpus(*args, **kwargs)
+
+    monkeypatch.setattr(data, "prepare_corpus", counted)
+    where = "data.cache_dir=null" if cache == "none" else f"paths.data_dir={corpus_file}/data"
+    overrides = [*TINY_OVERRIDES, f"data.path={corpus_file}", where, "trainer.max_steps=2"]
+    train(compose_config(overrides, tmp_path / "run"))
+    assert len(calls) == 1
+
+
 # --- end to end: prepare -> train -> chat -> eval with the byte tokenizer ----------------------
 
 

@@ -230,6 +230,7 @@ class CharDataModule(L.LightningDataModule):
         self.train_ids: torch.Tensor | None = None
         self.val_ids: torch.Tensor | None = None
         self._ids_file: TokenFile | None = None  # windows are read from it when set
+        self._in_memory = None  # prepare_data's result where nothing could be cached
 
     @property
     def source(self) -> str:
@@ -268,13 +269,19 @@ class CharDataModule(L.LightningDataModule):
         )
 
     def prepare_data(self) -> None:
-        """Convert and encode the corpus once (Lightning calls this on one process)."""
-        self.prepare()
+        """Convert and encode the corpus once (Lightning calls this on one process). Without a
+        cache to write, the result is kept for `setup`: preparing in memory again (train.py
+        calls this, then Lightning does) would take the time and the memory twice more."""
+        if self.train_ids is None and self._in_memory is None:
+            prepared = self.prepare()
+            self._in_memory = prepared if prepared.folder is None else None
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_ids is not None:
             return
-        prepared = self.prepare()  # memory-maps the cache (prepares it if no process has yet)
+        # the cache memory-mapped (prepared here if no process has yet), or what prepare_data
+        # kept in memory
+        prepared, self._in_memory = self._in_memory or self.prepare(), None
         ids = prepared.ids
         needed = self.min_characters()
         if len(ids) < needed:

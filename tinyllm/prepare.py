@@ -122,19 +122,22 @@ def _dtype_for(vocab_size: int) -> np.dtype:
 
 
 def load_prepared(
-    folder: Path, files: list[Path], settings: PrepareSettings
+    folder: Path, files: list[Path], settings: PrepareSettings, quiet: bool = False
 ) -> PreparedCorpus | None:
-    """The cache in `folder` memory-mapped, or None when it is missing, stale or damaged."""
+    """The cache in `folder` memory-mapped, or None when it is missing, stale or damaged (said
+    in the log unless `quiet`: a second look, once the lock is held, says it again)."""
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError):
-        log.warning("token cache %s: manifest unreadable, preparing again", folder)
+        if not quiet:
+            log.warning("token cache %s: manifest unreadable, preparing again", folder)
         return None
     reason = _stale_reason(manifest, folder, files, settings)
     if reason:
-        log.info("token cache %s: %s, preparing again", folder, reason)
+        if not quiet:
+            log.info("token cache %s: %s, preparing again", folder, reason)
         return None
     ids = np.memmap(
         folder / IDS_FILE, dtype=manifest["dtype"], mode="c", shape=(manifest["num_tokens"],)
@@ -227,7 +230,7 @@ def prepare_corpus(
     with lock:
         if fcntl is not None:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # another process may be preparing it
-        prepared = load_prepared(folder, files, settings)
+        prepared = load_prepared(folder, files, settings, quiet=True)
         if prepared is not None:
             return prepared
         if fcntl is not None:  # only the lock's holder writes here: these are a killed one's
