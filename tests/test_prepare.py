@@ -388,6 +388,8 @@ def test_a_folder_follows_linked_sub_folders_once_each(tmp_path):
     (books / "sub").mkdir()
     (books / "sub" / "up").symlink_to(books, target_is_directory=True)  # a loop
     assert corpus_files(books) == [books / "a.txt", books / "again" / "b.txt"]
+    # a `**` glob follows the same links, and the loop as deep as paths go: each file once
+    assert corpus_files(f"{books}/**/*.txt") == [books / "a.txt", books / "again" / "b.txt"]
 
 
 def test_glob_matching_nothing_and_bad_files_in_a_folder_say_which(tmp_path):

@@ -9,6 +9,7 @@ result equals the whole-text one. The default corpus, Shakespeare's plays, is ma
 from __future__ import annotations
 
 import codecs
+import contextlib
 import encodings
 import glob
 import os
@@ -329,7 +330,7 @@ def corpus_files(path: str | Path) -> list[Path]:
     text = os.path.expanduser(str(path))
     shown = show_path(text)
     if _is_pattern(text) and not Path(text).exists():
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        files = _each_once(sorted(Path(p) for p in glob.glob(text, recursive=True)))
         if not files:
             raise CorpusError(
                 f"data.path pattern {shown} matches no files (check the folder and the pattern, "
@@ -348,6 +349,19 @@ def corpus_files(path: str | Path) -> list[Path]:
     if not folder.exists():
         raise CorpusError(f"corpus file not found: {shown} (check data.path)")
     return [folder]  # a file; iter_text_file reports it if it is unreadable
+
+
+def _each_once(paths: list[Path]) -> list[Path]:
+    """The files among `paths`, each real file once (under the first of its names): a `**`
+    glob follows linked folders, through a link back up as often as the path length allows."""
+    files, seen = [], set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            real = path.stat()
+            if stat.S_ISREG(real.st_mode) and (real.st_dev, real.st_ino) not in seen:
+                seen.add((real.st_dev, real.st_ino))
+                files.append(path)
+    return files
 
 
 def _folder_files(folder: Path) -> list[Path]:
