@@ -183,6 +183,31 @@ def test_single_runs_write_no_result_file(tmp_path):
     assert not (tmp_path / RESULT_FILE).exists()
 
 
+def test_a_resumed_job_updates_its_result_and_the_summary(tmp_path):
+    """`resume=<sweep>/<job> trainer.max_steps=...` runs the job alone (not a multirun): what
+    it reaches then is the job's result, in the sweep's summary too."""
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["training.learning_rate=1e-3"], JobStatus.COMPLETED, 2.0)
+    fake_job(sweep, 1, ["training.learning_rate=3e-3"], JobStatus.COMPLETED, 2.5)
+    job = sweep / "1"
+    resumed = OmegaConf.create({"hydra": {
+        "mode": RunMode.RUN, "runtime": {"output_dir": str(job)},
+        "overrides": {"task": ["training.learning_rate=3e-3", "trainer.max_steps=40",
+                               f"hydra.run.dir={job}", f"ckpt_path={job}/checkpoints/last.ckpt",
+                               f"resume={job}"]},
+    }})  # fmt: skip
+    done = JobReturn(status=JobStatus.COMPLETED, _return_value=1.5)
+    SweepSummary().on_job_end(config=resumed, job_return=done)
+    result = json.loads((job / RESULT_FILE).read_text())
+    assert result["val_loss"] == 1.5 and result["job"] == 1
+    assert result["overrides"] == {"training.learning_rate": "3e-3", "trainer.max_steps": "40"}
+    rows = read_csv(sweep / "summary.csv")
+    assert [(r["job"], r["val/loss"], r["trainer.max_steps"]) for r in rows] == [
+        ("1", "1.5000", "40"),
+        ("0", "2.0000", ""),
+    ]
+
+
 def test_a_search_is_checked_by_its_jobs_not_by_its_base_config():
     """hparams_search=optuna chooses model.n_embd itself (96, 192, 288): model.n_head=3 divides
     each, though not the base config's width; check_config leaves a search to its jobs."""

@@ -182,6 +182,33 @@ def exit_job(code: int, error: object) -> None:
     sys.exit(code)
 
 
+def _update_resumed_job(config: DictConfig, job_return: JobReturn) -> None:
+    """A sweep's job continued on its own (`resume=<sweep>/<job>`, a single run): its
+    result.json and the sweep's summary say what it reached now, not what it had when the
+    sweep ended. The overrides given now (trainer.max_steps=...) join the job's own."""
+    output_dir = Path(config.hydra.runtime.output_dir)
+    try:
+        result = json.loads((output_dir / RESULT_FILE).read_text(encoding="utf-8"))
+        sweep_dir = next(d for d in output_dir.parents if (d / SUMMARY_CSV).is_file())
+    except (OSError, ValueError, StopIteration):
+        return  # not a sweep's job (or its record is gone)
+    try:
+        given = dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)
+        score = _score(job_return._return_value)
+        result["overrides"] = result.get("overrides", {}) | {
+            k: v for k, v in given.items() if k not in ("resume", "ckpt_path")
+            and not k.startswith("hydra.")
+        }  # fmt: skip
+        result["val_loss"], result["error"] = score, None
+        result["status"] = "ok" if score is not None else "no val/loss"
+        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
+        write_summary(sweep_dir)
+        log.info("sweep summary updated: %s", sweep_dir / SUMMARY_MD)
+    except Exception as e:  # noqa: BLE001 - a summary must never break the run itself
+        log.warning("could not update the sweep summary: %s", e)
+
+
 class SweepSummary(Callback):
     """Hydra callback: result.json per job, summary.csv/summary.md per sweep (see module doc)."""
 
@@ -189,6 +216,7 @@ class SweepSummary(Callback):
         from hydra.types import RunMode
 
         if config.hydra.mode != RunMode.MULTIRUN:
+            _update_resumed_job(config, job_return)
             return
         try:
             result = job_result(config, job_return)
