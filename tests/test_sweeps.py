@@ -208,6 +208,36 @@ def test_a_resumed_job_updates_its_result_and_the_summary(tmp_path):
     ]
 
 
+def test_an_interrupted_job_has_its_row_in_the_summary(tmp_path):
+    """Ctrl-C or SIGTERM saves the job and ends the sweep, and Hydra calls no on_job_end for
+    it: train.py writes its row (status, best so far, where it stopped) itself."""
+    import signal
+
+    from conftest import compose_config
+    from hydra.core.hydra_config import HydraConfig
+
+    from tinyllm.callbacks import TrainingInterrupted
+    from tinyllm.sweep import record_interrupted_job
+
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, 0, ["training.learning_rate=1e-3"], JobStatus.COMPLETED, 2.0)
+    (sweep / "1").mkdir()
+    # the Hydra config of job 1 of that sweep, as Hydra registers it for the job
+    compose_config(["training.learning_rate=3e-3", "hydra.mode=MULTIRUN", "hydra.job.num=1",
+                    f"hydra.sweep.dir={sweep}"], sweep / "1")  # fmt: skip
+    assert HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        stopped = TrainingInterrupted(signal.SIGINT, 7, sweep / "1" / "last.ckpt", "resume", 2.4)
+        record_interrupted_job(stopped, stopped.best_score)
+    finally:
+        HydraConfig.instance().cfg = None
+    rows = read_csv(sweep / "summary.csv")
+    assert [(r["job"], r["status"], r["val/loss"]) for r in rows] == [
+        ("0", "ok", "2.0000"), ("1", "interrupted", "2.4000")
+    ]  # fmt: skip
+    assert rows[1]["error"].startswith("training interrupted by SIGINT at step 7")
+
+
 def test_a_search_is_checked_by_its_jobs_not_by_its_base_config():
     """hparams_search=optuna chooses model.n_embd itself (96, 192, 288): model.n_head=3 divides
     each, though not the base config's width; check_config leaves a search to its jobs."""

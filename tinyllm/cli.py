@@ -61,7 +61,7 @@ from tinyllm.runs import (
     remove_empty,
     take_back,
 )
-from tinyllm.sweep import exit_job
+from tinyllm.sweep import exit_job, record_interrupted_job
 
 log = logging.getLogger("tinyllm.train")
 
@@ -95,6 +95,7 @@ def _train_app(cfg: DictConfig) -> float | None:
     ) as e:  # Ctrl-C or SIGTERM: saved, then stopped (tinyllm/callbacks/fault_guard.py)
         log.warning("%s", e)
         log.warning("resume with:   %s", e.command)
+        record_interrupted_job(e, e.best_score)  # in a -m sweep: its row in the summary
         sys.exit(e.exit_code)
     except StoppedAtOnce as e:  # a second Ctrl-C: nothing more saved (fault_guard.py)
         log.warning("%s", e)

@@ -158,6 +158,33 @@ def print_summary(results: list[dict], sweep_dir: Path, console=None) -> None:
     (console or rich.get_console()).print(table)
 
 
+def record_interrupted_job(why: object, score: float | None) -> None:
+    """A -m job stopped by Ctrl-C or SIGTERM (saved, resumable) ends the sweep, and Hydra calls
+    no on_job_end for it: its result.json and the summary's row are written here, so the
+    summary says which job stopped and where its resume starts (the later jobs did not run)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    hydra = HydraConfig.get()
+    output_dir = Path(hydra.runtime.output_dir)
+    result = {
+        "job": int(hydra.job.num),
+        "output_dir": str(output_dir),
+        "overrides": dict(o.split("=", 1) for o in hydra.overrides.task if "=" in o),
+        "status": "interrupted",
+        "val_loss": _score(score),
+        "error": str(why).strip().splitlines()[0] if str(why).strip() else None,
+    }
+    try:
+        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+        write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
+        write_summary(Path(hydra.sweep.dir))
+    except OSError as e:
+        log.warning("could not write the sweep summary: %s", e)
+
+
 # the multirun jobs of this process that stopped on an error: job number -> the one line why
 FAILED_JOBS: dict[int, str] = {}
 

@@ -26,7 +26,7 @@ import lightning as L
 import torch
 
 from tinyllm.artifacts import WEIGHTS_FILE
-from tinyllm.callbacks.best_artifacts import BestArtifactsCallback
+from tinyllm.callbacks.best_artifacts import BestArtifactsCallback, best_score
 from tinyllm.checkpointing import resume_command
 from tinyllm.interrupts import EXIT_CODES, training_starts
 from tinyllm.runs import CHECKPOINT_DIR, LAST_CHECKPOINT
@@ -37,8 +37,11 @@ log = logging.getLogger(__name__)
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving; `exit_code` is the conventional 128 + signal."""
 
-    def __init__(self, signum: int, step: int, checkpoint: Path | None, command: str):
+    def __init__(
+        self, signum: int, step: int, checkpoint: Path | None, command: str, best: float | None
+    ):
         self.signum = signum
+        self.best_score = best  # the run's best val/loss so far (a sweep's summary shows it)
         self.exit_code = EXIT_CODES.get(signum, 1)
         name = signal.Signals(signum).name
         saved = f"checkpoint saved to {checkpoint}" if checkpoint else "no checkpoint saved"
@@ -126,7 +129,9 @@ class FaultGuard(L.Callback):
         if self.stopped_by is not None:
             command = resume_command(self.run_dir)
             last = self._last_path(trainer)
-            raise TrainingInterrupted(self.stopped_by, trainer.global_step, last, command)
+            raise TrainingInterrupted(
+                self.stopped_by, trainer.global_step, last, command, best_score(trainer)
+            )
 
     def _last_path(self, trainer) -> Path:
         return (
