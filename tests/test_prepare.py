@@ -276,6 +276,20 @@ def test_damaged_cache_is_detected_and_prepared_again(tmp_path, damage, caplog):
     assert json.loads((folder / "manifest.json").read_text()) == manifest | {"dtype": "uint8"}
 
 
+def test_a_cache_whose_ids_are_damaged_in_place_is_refused_when_read(tmp_path):
+    """Bytes overwritten in ids.bin (its size intact, so the cache still looks good): a window
+    with an id outside the vocabulary is one CorpusError naming the fix, not an IndexError
+    inside the model's embedding."""
+    source = write(tmp_path / "corpus.txt", make_corpus(200))
+    dm = datamodule(source, tmp_path / "cache")
+    (ids_file,) = (tmp_path / "cache" / "prepared").glob("*/ids.bin")
+    ids_file.write_bytes(b"\xff" * ids_file.stat().st_size)
+    damaged = datamodule(source, tmp_path / "cache")
+    assert damaged.tokenizer.vocab_size == dm.tokenizer.vocab_size < 255
+    with pytest.raises(CorpusError, match="holds ids outside its vocabulary.*delete that folder"):
+        batches(damaged)
+
+
 def test_cache_from_a_newer_format_is_refused_with_the_fix(tmp_path):
     source = write(tmp_path / "corpus.txt", make_corpus(80))
     dm = datamodule(source, tmp_path / "cache")

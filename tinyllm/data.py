@@ -99,21 +99,38 @@ class TokenFile:
     the map does, even if the cache is replaced meanwhile); a DataLoader worker that receives
     a pickled copy opens it again by path."""
 
-    def __init__(self, path: Path, dtype: np.dtype, first: int = 0, fd: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        dtype: np.dtype,
+        vocab_size: int,
+        first: int = 0,
+        fd: int | None = None,
+    ):
         self.path, self.dtype, self.first = Path(path), np.dtype(dtype), first
+        self.vocab_size = vocab_size
         self._fd = os.open(self.path, os.O_RDONLY) if fd is None else fd
 
     def at(self, first: int) -> TokenFile:
         """The same file, read from `first` ids on (the validation split, say)."""
-        return TokenFile(self.path, self.dtype, first, self._fd)
+        return TokenFile(self.path, self.dtype, self.vocab_size, first, self._fd)
 
     def read(self, start: int, count: int) -> np.ndarray:
         size = self.dtype.itemsize
         data = os.pread(self._fd, count * size, (self.first + start) * size)
-        return np.frombuffer(data, dtype=self.dtype)
+        ids = np.frombuffer(data, dtype=self.dtype)
+        # the file's size is checked when it is mapped, its bytes here: a damaged one would
+        # fail deep in the model's embedding (microseconds a window)
+        if len(ids) and ids.max() >= self.vocab_size:
+            raise CorpusError(
+                f"token cache {self.path.parent} holds ids outside its vocabulary of "
+                f"{self.vocab_size}: the file is damaged; delete that folder and run again"
+            )
+        return ids
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "dtype": self.dtype, "first": self.first}
+        return {"path": self.path, "dtype": self.dtype, "vocab_size": self.vocab_size,
+                "first": self.first}  # fmt: skip
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -293,7 +310,9 @@ class CharDataModule(L.LightningDataModule):
             )
         encoded = self.encoded(prepared)
         if prepared.folder is not None and encoded is prepared.ids:  # the cache, as it is
-            self._ids_file = TokenFile(prepared.folder / IDS_FILE, encoded.dtype)
+            self._ids_file = TokenFile(
+                prepared.folder / IDS_FILE, encoded.dtype, self.tokenizer.vocab_size
+            )
         ids = torch.from_numpy(encoded)
         self.train_ids, self.val_ids = self.split(ids)
         log.info(
