@@ -45,13 +45,25 @@ def _score(value: Any) -> float | None:
     return score if math.isfinite(score) else None
 
 
+def _task_overrides(task) -> dict[str, str]:
+    """A job's `key=value` overrides as a mapping (its summary columns)."""
+    return dict(o.split("=", 1) for o in task if "=" in o)
+
+
+def _save_result(output_dir: Path, result: dict, sweep_dir: Path) -> None:
+    """The job's result.json, then the sweep's summary rewritten from every job's."""
+    data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+    write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
+    write_summary(sweep_dir)
+
+
 def job_result(config: DictConfig, job_return: JobReturn) -> dict:
     """What one job contributes to the summary."""
     num = int(config.hydra.job.num)
     failed = job_return.status != JobStatus.COMPLETED or num in FAILED_JOBS
     value = None if failed else job_return._return_value
     score = _score(value)
-    overrides = dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)
+    overrides = _task_overrides(config.hydra.overrides.task)
     if failed:
         why = FAILED_JOBS.get(num) or str(job_return._return_value)
         status, error = "failed", why.strip().splitlines()[:1]
@@ -172,15 +184,13 @@ def record_interrupted_job(why: object, score: float | None) -> None:
     result = {
         "job": int(hydra.job.num),
         "output_dir": str(output_dir),
-        "overrides": dict(o.split("=", 1) for o in hydra.overrides.task if "=" in o),
+        "overrides": _task_overrides(hydra.overrides.task),
         "status": "interrupted",
         "val_loss": _score(score),
         "error": str(why).strip().splitlines()[0] if str(why).strip() else None,
     }
     try:
-        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-        write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
-        write_summary(Path(hydra.sweep.dir))
+        _save_result(output_dir, result, Path(hydra.sweep.dir))
     except OSError as e:
         log.warning("could not write the sweep summary: %s", e)
 
@@ -220,7 +230,7 @@ def _update_resumed_job(config: DictConfig, job_return: JobReturn) -> None:
     except (OSError, ValueError, StopIteration):
         return  # not a sweep's job (or its record is gone)
     try:
-        given = dict(o.split("=", 1) for o in config.hydra.overrides.task if "=" in o)
+        given = _task_overrides(config.hydra.overrides.task)
         score = _score(job_return._return_value)
         result["overrides"] = result.get("overrides", {}) | {
             k: v for k, v in given.items() if k not in ("resume", "ckpt_path")
@@ -228,9 +238,7 @@ def _update_resumed_job(config: DictConfig, job_return: JobReturn) -> None:
         }  # fmt: skip
         result["val_loss"], result["error"] = score, None
         result["status"] = "ok" if score is not None else "no val/loss"
-        data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-        write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
-        write_summary(sweep_dir)
+        _save_result(output_dir, result, sweep_dir)
         log.info("sweep summary updated: %s", sweep_dir / SUMMARY_MD)
     except Exception as e:  # noqa: BLE001 - a summary must never break the run itself
         log.warning("could not update the sweep summary: %s", e)
@@ -248,9 +256,7 @@ class SweepSummary(Callback):
         try:
             result = job_result(config, job_return)
             output_dir = Path(config.hydra.runtime.output_dir)
-            data = json.dumps(result, indent=2, ensure_ascii=False) + "\n"
-            write_atomic(output_dir / RESULT_FILE, data.encode("utf-8"))
-            write_summary(Path(config.hydra.sweep.dir))
+            _save_result(output_dir, result, Path(config.hydra.sweep.dir))
         except Exception as e:  # noqa: BLE001 - a summary must never break the sweep itself
             log.warning("could not write the sweep summary: %s", e)
 
