@@ -118,6 +118,13 @@ def test_a_checkpoint_of_a_lowercased_corpus_says_so(tmp_path, corpus_file):
     assert load_model(run / "checkpoints" / "older.ckpt").lowercase
     (run / "config.yaml").unlink()
     assert not load_model(run / "checkpoints" / "older.ckpt").lowercase
+    # eval.py of the checkpoint on its own reads a text with capitals as its corpus was read
+    from tinyllm.cli import eval_main
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(last, alone / "model.ckpt")
+    assert eval_main([str(alone / "model.ckpt"), f"data.path={corpus_file}", "--json"]) == 0
 
 
 def test_a_checkpoint_whose_tokenizer_is_not_the_model_s_is_refused(tmp_path, trained_run):

@@ -116,6 +116,9 @@ TRAIN_CASES = [
     ("another model from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
      "model.n_embd=48"], 2, "model.n_embd=48, but checkpoint {tmp}/done/checkpoints/last.ckpt "
      "was trained with 32"),
+    ("another optimizer from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
+     "training.optimizer=adam"], 2, "training.optimizer=adam, but checkpoint "
+     "{tmp}/done/checkpoints/last.ckpt was trained with muon"),
     ("another corpus from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
      "data.path={tmp}/other.txt"], 2, "the corpus's vocabulary (28 characters) is not the one"),
     # a refused resume leaves the run's saved overrides alone: test_a_refused_resume_...

@@ -401,6 +401,7 @@ def test_a_folder_follows_linked_sub_folders_once_each(tmp_path):
     (books / "again").symlink_to(elsewhere, target_is_directory=True)  # the same folder twice
     (books / "sub").mkdir()
     (books / "sub" / "up").symlink_to(books, target_is_directory=True)  # a loop
+    (books / "sub" / "a-again.txt").symlink_to(books / "a.txt")  # a file linked in twice
     assert corpus_files(books) == [books / "a.txt", books / "again" / "b.txt"]
     # a `**` glob follows the same links, and the loop as deep as paths go: each file once
     assert corpus_files(f"{books}/**/*.txt") == [books / "a.txt", books / "again" / "b.txt"]
@@ -581,6 +582,7 @@ def test_prepare_command_bad_input_is_one_line_and_exit_2(tmp_path, monkeypatch,
         # a cache no training could use: training refuses the value
         ([f"data.path={text}", "data.lowercase=maybe"], "data.lowercase must be true or false"),
         (["model=tiny"], "unknown argument"),
+        (["data.path=~/x.txt"], "quote a path, as in \"data.path='~/x.txt'\""),
     ]:
         assert prepare_main([*args, "--quiet"]) == 2, args
         lines = capsys.readouterr().err.strip().splitlines()

@@ -255,11 +255,11 @@ def test_a_sweep_folder_holding_runs_is_not_swept_into_again(tmp_path):
 
     sweep = tmp_path / "sweep"
     argv = ["train.py", "-m", "training.learning_rate=1e-3,3e-3", f"hydra.sweep.dir={sweep}"]
-    check_output_argv(argv)  # a new folder, or one without runs: fine
-    (sweep / "1" / "checkpoints").mkdir(parents=True)
+    check_output_argv(argv)  # a new folder, or one without jobs: fine
+    (sweep / "notes").mkdir(parents=True)
     check_output_argv(argv)
-    (sweep / "1" / "checkpoints" / "last.ckpt").write_bytes(b"a job's")
-    with pytest.raises(RunFolderError, match=r"already holds a sweep's runs .*resume=.*/1"):
+    (sweep / "1" / ".hydra").mkdir(parents=True)  # a job, even one that failed
+    with pytest.raises(RunFolderError, match=r"already holds a sweep's jobs \(1/\).*resume=.*/1"):
         check_output_argv(argv)
 
 

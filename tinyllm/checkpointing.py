@@ -73,10 +73,12 @@ def verify_checkpoint(path: str | Path) -> dict:
 TRAINING_ONLY = ("dropout", "attn_dropout", "dropout_mask", "zero_init")
 
 
-def check_continues(checkpoint: dict, path: str | Path, model: dict, tokenizer: dict) -> None:
+def check_continues(
+    checkpoint: dict, path: str | Path, model: dict, tokenizer: dict, optimizer: str
+) -> None:
     """The run about to continue from `checkpoint` builds its model (`model`, a ModelConfig's
-    dict) on its vocabulary (`tokenizer`, a state dict): one line if either differs, before
-    Lightning fails half-way through its restore with a size-mismatch traceback."""
+    dict) on its vocabulary (`tokenizer`, a state dict) with its optimizer: one line if any
+    differs, before Lightning fails half-way through its restore with a traceback."""
     trained = (checkpoint.get("CharDataModule") or {}).get("tokenizer")
     if isinstance(trained, dict) and trained != tokenizer:
         sizes = [f"{len(t['vocab'])} characters" if "vocab" in t else "bytes" for t in
@@ -86,7 +88,15 @@ def check_continues(checkpoint: dict, path: str | Path, model: dict, tokenizer: 
             f"on ({sizes[1]}): continue with the data settings the run started with, or start "
             "a new run (without resume= or ckpt_path=)"
         )
-    saved = (checkpoint.get("hyper_parameters") or {}).get("model_config") or {}
+    hparams = checkpoint.get("hyper_parameters") or {}
+    trained_with = hparams.get("optimizer")
+    if isinstance(trained_with, str) and trained_with != optimizer:  # its state would not fit
+        raise CheckpointError(
+            f"training.optimizer={optimizer}, but checkpoint {path} was trained with "
+            f"{trained_with}: a run keeps its optimizer when it continues; drop the override, "
+            "or start a new run (without resume= or ckpt_path=)"
+        )
+    saved = hparams.get("model_config") or {}
     for key, value in model.items():
         if key not in TRAINING_ONLY and key in saved and saved[key] != value:
             raise CheckpointError(

@@ -480,12 +480,9 @@ def check_config(argv: list[str]) -> None:
         try:
             parsed = parser.parse_overrides([override])[0]
         except OverrideParseException as e:
-            key, _, value = override.partition("=")
-            if value.startswith("~") or "/" in value:  # a path the grammar reads only quoted
-                raise ConfigError(
-                    f"cannot read {override!r}: quote a path, as in \"{key}='{value}'\""
-                ) from None
-            raise ConfigError(f"cannot read {override!r}: {error_line(e)}") from None
+            line = error_line(e)
+            raise ConfigError(line if line.startswith("cannot read") else
+                              f"cannot read {override!r}: {line}") from None  # fmt: skip
         if parsed.key_or_group == "hydra.mode":
             return
         if parsed.is_sweep_override():
@@ -541,11 +538,11 @@ def check_output_argv(argv: list[str]) -> None:
             f"resume={path}, or set hydra.run.dir to a new folder"
         )
     if key == "hydra.sweep.dir" and path.is_dir():  # its jobs would mix with the old ones
-        job = next((j for j in sorted(path.iterdir()) if (j / _LAST_IN_RUN).is_file()), None)
+        job = next((j for j in sorted(path.iterdir()) if (j / ".hydra").is_dir()), None)
         if job is not None:
             raise RunFolderError(
-                f"{path} already holds a sweep's runs ({job.name}/{_LAST_IN_RUN}): continue "
-                f"a job with resume={job}, or set hydra.sweep.dir to a new folder"
+                f"{path} already holds a sweep's jobs ({job.name}/): continue one with "
+                f"resume={job}, or set hydra.sweep.dir to a new folder"
             )
     # made to be probed, then removed again: Hydra makes the run's folder, and a command that
     # runs nothing (--help, --cfg job) leaves no empty outputs/ behind
@@ -553,7 +550,7 @@ def check_output_argv(argv: list[str]) -> None:
         raise RunFolderError(f"{key}={path} is a file: set {key} to a folder")
     made = missing_folders(path)
     if made and made[0] == path and key == "hydra.run.dir":
-        new_run_folder(path)
+        new_run_folder(path, made[1:])
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"

@@ -367,7 +367,7 @@ def _each_once(paths: list[Path]) -> list[Path]:
 def _folder_files(folder: Path) -> list[Path]:
     """Every file under `folder`, sorted, hidden ones skipped. Linked sub-folders are followed,
     as a `**` glob follows them, each real folder once: a link back up does not loop, and a
-    folder linked twice is read under the first of its names in sorted order."""
+    folder (or file) linked twice is read under the first of its names in sorted order."""
     files, seen = [], set()
     for root, folders, names in os.walk(folder, followlinks=True):
         real = os.stat(root)
@@ -377,7 +377,7 @@ def _folder_files(folder: Path) -> list[Path]:
         seen.add((real.st_dev, real.st_ino))
         folders[:] = sorted(f for f in folders if not f.startswith("."))  # walked in this order
         files += [Path(root, n) for n in names if not n.startswith(".")]
-    return sorted(p for p in files if p.is_file())
+    return _each_once(sorted(files))
 
 
 def iter_corpus_text(

@@ -273,6 +273,8 @@ def evaluate_config(cfg: DictConfig) -> EvalResult:
     device = _device(cfg.device)
     model_path = Path(cfg.model_path).expanduser()
     loaded = load_model(model_path, device=device)
+    if cfg.run_config is None and loaded.lowercase:  # a model without its run's config.yaml:
+        cfg.data.lowercase = True  # its text is read lowercased, as its corpus was
     part, skipped, datamodule = split_ids(cfg, loaded.tokenizer)
     context = loaded.model.config.context_length
     loss, predicted, windows = evaluate_ids(loaded.model, part, context, cfg.batch_size, device)

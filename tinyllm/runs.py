@@ -113,9 +113,11 @@ _START_FILES = {".hydra", "train.log", RUN_CONFIG, "tokenizer.json", LOCK_FILE}
 _new_run_folders: list[Path] = []  # named by hydra.run.dir=, and not there before this run
 
 
-def new_run_folder(folder: Path) -> None:
-    """`folder` (hydra.run.dir=) does not exist yet: this run makes it, and may take it back."""
+def new_run_folder(folder: Path, parents: list[Path]) -> None:
+    """`folder` (hydra.run.dir=) and `parents` above it do not exist yet: this run makes them,
+    and may take them back."""
     _new_run_folders.append(folder)
+    _made_parents.extend(parents)
 
 
 def take_back(folder: str | Path) -> None:

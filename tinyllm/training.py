@@ -125,7 +125,8 @@ def _train(
     datamodule, module = build_data_and_module(cfg)
     if checkpoint is not None:  # before the run's files are rewritten for a model it cannot be
         tokenizer = datamodule.tokenizer.state_dict()
-        check_continues(checkpoint, cfg.ckpt_path, module.config.to_dict(), tokenizer)
+        check_continues(checkpoint, cfg.ckpt_path, module.config.to_dict(), tokenizer,
+                        module.hparams.optimizer)  # fmt: skip
         del checkpoint  # Lightning reads the file again, for its restore
     if writes_files:
         write_atomic(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
