@@ -116,6 +116,9 @@ TRAIN_CASES = [
     ("another model from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
      "model.n_embd=48"], 2, "model.n_embd=48, but checkpoint {tmp}/done/checkpoints/last.ckpt "
      "was trained with 32"),
+    ("a new run from a finished checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt"], 2,
+     "checkpoint {tmp}/done/checkpoints/last.ckpt is at step 30 and trainer.max_steps=30: a "
+     "new run from it would train nothing; raise trainer.max_steps"),
     ("another optimizer from a checkpoint", ["ckpt_path={tmp}/done/checkpoints/last.ckpt",
      "training.optimizer=adam"], 2, "training.optimizer=adam, but checkpoint "
      "{tmp}/done/checkpoints/last.ckpt was trained with muon"),

@@ -25,7 +25,12 @@ from tinyllm.callbacks import (
     ValidateAtEnd,
     best_score,
 )
-from tinyllm.checkpointing import AtomicCheckpointIO, check_continues, verify_checkpoint
+from tinyllm.checkpointing import (
+    AtomicCheckpointIO,
+    CheckpointError,
+    check_continues,
+    verify_checkpoint,
+)
 from tinyllm.config import (
     PRECISION_NOTES,
     ConfigError,
@@ -127,6 +132,13 @@ def _train(
         tokenizer = datamodule.tokenizer.state_dict()
         check_continues(checkpoint, cfg.ckpt_path, module.config.to_dict(), tokenizer,
                         module.hparams.optimizer)  # fmt: skip
+        step, max_steps = int(checkpoint.get("global_step", 0)), int(cfg.trainer.max_steps)
+        new_run = not Path(cfg.ckpt_path).resolve().is_relative_to(output_dir.resolve())
+        if new_run and 0 < max_steps <= step:  # it would train nothing, and have no best/
+            raise CheckpointError(
+                f"checkpoint {cfg.ckpt_path} is at step {step} and trainer.max_steps={max_steps}: "
+                "a new run from it would train nothing; raise trainer.max_steps"
+            )
         del checkpoint  # Lightning reads the file again, for its restore
     if writes_files:
         write_atomic(output_dir / RUN_CONFIG, OmegaConf.to_yaml(cfg, resolve=True).encode())
