@@ -480,9 +480,7 @@ def check_config(argv: list[str]) -> None:
         try:
             parsed = parser.parse_overrides([override])[0]
         except OverrideParseException as e:
-            line = error_line(e)
-            raise ConfigError(line if line.startswith("cannot read") else
-                              f"cannot read {override!r}: {line}") from None  # fmt: skip
+            raise ConfigError(error_line(e)) from None  # "cannot read 'key=value': ..."
         if parsed.key_or_group == "hydra.mode":
             return
         if parsed.is_sweep_override():

@@ -420,11 +420,12 @@ def error_line(error: BaseException, *, named: str = "") -> str:
     options in 'model': small, tiny"), its config search path left out. A cause (the
     OmegaConf error behind a Hydra one) follows the problem; `named`: the text it follows.
     """
-    override = getattr(error, "override", None)  # Hydra's OverrideParseException names it
-    if isinstance(override, str) and "=" in override:
+    override = getattr(error, "override", None)  # an override Hydra's grammar cannot read
+    if isinstance(override, str):
         key, _, value = override.partition("=")
         if value.startswith("~") or "/" in value:  # a path the grammar reads only quoted
             return f"cannot read {override!r}: quote a path, as in \"{key}='{value}'\""
+        return f"cannot read {override!r}: {error_line(Exception(str(error)), named=named)}"
     parts: list[str] = []
     for raw in str(error).split("Config search path:")[0].splitlines():
         line = raw.strip()
