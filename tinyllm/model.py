@@ -182,6 +182,8 @@ class SlotKVCache:
         return self.keys[layer][rows, :, :end], self.values[layer][rows, :, :end]
 
 
+Cache = KVCache | SlotKVCache
+
 RMS_NORM_EPS = 1e-6
 
 
@@ -237,7 +239,7 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: KVCache | SlotKVCache | None = None,
+        cache: Cache | None = None,
         layer: int = 0,
         rope: Rope | None = None,
     ):
@@ -304,13 +306,7 @@ class Block(nn.Module):
         self.ln2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        cache: KVCache | SlotKVCache | None = None,
-        layer: int = 0,
-        rope: Rope | None = None,
-    ):
+    def forward(self, x: torch.Tensor, cache: Cache | None, layer: int, rope: Rope | None):
         x = x + self.attn(self.ln1(x), cache, layer, rope)
         return x + self.mlp(self.ln2(x))
 

@@ -102,7 +102,7 @@ def parse_command(text: str) -> Command:
     return Command(name, VALUE_PARSERS[name](argument, usage))
 
 
-def _number(text: str, kind: type, usage: str):
+def parse_number(text: str, kind: type, usage: str):
     what = "a whole number" if kind is int else "a number"
     if len(text) > _MAX_NUMBER_TEXT:
         raise CommandError(f"{_show(text)} is too long to be {what}: {usage}")
@@ -115,7 +115,7 @@ def _number(text: str, kind: type, usage: str):
     return value
 
 
-def _in_range(value, low, high, usage: str, *, low_open: bool = False):
+def check_range(value, low, high, usage: str, *, low_open: bool = False):
     below = value <= low if low_open else value < low
     if below or value > high:
         low_text = f"above {low}" if low_open else f"at least {low}"
@@ -125,29 +125,29 @@ def _in_range(value, low, high, usage: str, *, low_open: bool = False):
 
 
 def _temperature(text: str, usage: str) -> float:
-    return _in_range(_number(text, float, usage), 0.0, MAX_TEMPERATURE, usage)
+    return check_range(parse_number(text, float, usage), 0.0, MAX_TEMPERATURE, usage)
 
 
 def _top_k(text: str, usage: str) -> int:
     if text.lower() in _OFF:
         return 0
-    return _in_range(_number(text, int, usage), 0, MAX_TOP_K, usage)
+    return check_range(parse_number(text, int, usage), 0, MAX_TOP_K, usage)
 
 
 def _top_p(text: str, usage: str) -> float:
     if text.lower() in _OFF:
         return 1.0
-    return _in_range(_number(text, float, usage), 0.0, 1.0, usage, low_open=True)
+    return check_range(parse_number(text, float, usage), 0.0, 1.0, usage, low_open=True)
 
 
 def _max_tokens(text: str, usage: str) -> int:
-    return _in_range(_number(text, int, usage), 1, MAX_TOKENS, usage)
+    return check_range(parse_number(text, int, usage), 1, MAX_TOKENS, usage)
 
 
 def _seed(text: str, usage: str) -> int | None:
     if text.lower() in (*_OFF, "random"):
         return None
-    return _in_range(_number(text, int, usage), 0, MAX_SEED, usage)
+    return check_range(parse_number(text, int, usage), 0, MAX_SEED, usage)
 
 
 def _stop(text: str, usage: str) -> str | None:

@@ -13,9 +13,11 @@ import argparse
 import contextlib
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from tinyllm.artifacts import ArtifactError
-from tinyllm.console.commands import VALUE_PARSERS, CommandError
+from tinyllm.console.commands import VALUE_PARSERS, CommandError, check_range, parse_number
 from tinyllm.console.session import (
     ChatConsole,
     is_terminal,
@@ -57,12 +59,16 @@ Exit status: 0 done; 2 no model at the path, a bad option, or nothing left of --
 """
 
 PROG = command_name("tinyllm-chat", "chat.py")  # the name the user typed
+MAX_THREADS = 1024
 
 
-def _option(command: str, name: str):
-    """An argparse type for option --`name` from `command`'s value parser: the same checks and
-    messages as the console."""
-    parse = VALUE_PARSERS[command]
+def _threads(text: str, usage: str) -> int:
+    return check_range(parse_number(text, int, usage), 1, MAX_THREADS, usage)
+
+
+def _option(parse: Callable[[str, str], Any], name: str):
+    """An argparse type for option --`name` from a value parser of the console's commands: the
+    same checks and messages as the console."""
 
     def convert(text: str):
         try:
@@ -72,16 +78,6 @@ def _option(command: str, name: str):
 
     convert.__name__ = name
     return convert
-
-
-def _threads(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 1 <= value <= 1024:
-        raise argparse.ArgumentTypeError(f"{value} is out of range: 1 to 1024")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,20 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     add("--outputs", metavar="DIR",
         help="where runs live (default: $TINYLLM_OUTPUTS, else outputs/), as paths.log_dir")
     add("--prompt", "-p", metavar="TEXT", help="continue TEXT once, print it and exit")
-    add("--max-tokens", "-n", type=_option("max", "max-tokens"), metavar="N",
+    add("--max-tokens", "-n", type=_option(VALUE_PARSERS["max"], "max-tokens"), metavar="N",
         help=f"new tokens per reply, 1 to {MAX_TOKENS} (a token is a character, or a byte for "
              "a model with the bytes tokenizer)")
-    add("--temperature", "-t", type=_option("temp", "temperature"), metavar="X",
+    add("--temperature", "-t", type=_option(VALUE_PARSERS["temp"], "temperature"), metavar="X",
         help=f"0 (greedy) to {MAX_TEMPERATURE:g}")
-    add("--top-k", "-k", type=_option("topk", "top-k"), metavar="K",
+    add("--top-k", "-k", type=_option(VALUE_PARSERS["topk"], "top-k"), metavar="K",
         help="only the K most likely tokens (0 or off: all)")
-    add("--top-p", type=_option("topp", "top-p"), metavar="P",
+    add("--top-p", type=_option(VALUE_PARSERS["topp"], "top-p"), metavar="P",
         help="only the most likely tokens holding P of the probability, 0 < P <= 1")
-    add("--seed", "-s", type=_option("seed", "seed"), metavar="N",
+    add("--seed", "-s", type=_option(VALUE_PARSERS["seed"], "seed"), metavar="N",
         help="seed every reply: the same prompt and seed give the same text")
-    add("--stop", type=_option("stop", "stop"), metavar="TEXT",
+    add("--stop", type=_option(VALUE_PARSERS["stop"], "stop"), metavar="TEXT",
         help=r"end a reply when the model writes TEXT (not printed); \n, \t, \\ understood")
-    add("--threads", type=_threads, metavar="N",
+    add("--threads", type=_option(_threads, "threads"), metavar="N",
         help="CPU threads (default 1, or OMP_NUM_THREADS: one token at a time of a small "
              "model is fastest on one thread, and far faster than several on a busy machine)")
     # fmt: on
