@@ -373,3 +373,41 @@ def test_bad_chat_command_is_refused_with_a_message(line):
         console.parse_command(line)
     message = str(error.value)
     assert message and "\n" not in message
+
+
+def _serve(argv: list[str]) -> int:
+    from tinyllm.serve.server import build_parser
+
+    build_parser().parse_args(argv)
+    return 0
+
+
+def _main_of(module: str):
+    return lambda argv: importlib.import_module(module).main(argv)
+
+
+# every program's own options: (its main, a bad command line, its name, what the line says)
+BAD_OPTIONS = [
+    (_main_of("tinyllm.console.program"), ["--temperature", "hot"], "chat.py",
+     "'hot' is not a number"),
+    (_main_of("tinyllm.console.program"), ["--threads", "0"], "chat.py", "0 is out of range"),
+    (_serve, ["--port", "x"], "tinyllm-serve", "'x' is not a port number"),
+    (_main_of("tinyllm.export"), [], "tinyllm-export", "required: model, out_dir"),
+    (lambda argv: __import__("tinyllm.cli").cli.prepare_main(argv), ["--bogus"],
+     "tinyllm-prepare", "unrecognized arguments: --bogus"),
+    (lambda argv: __import__("tinyllm.cli").cli.eval_main(argv), ["--bogus"], "eval.py",
+     "unrecognized arguments: --bogus"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("main", "argv", "prog", "says"), BAD_OPTIONS,
+                         ids=[f"{b[2]} {' '.join(b[1])}" for b in BAD_OPTIONS])  # fmt: skip
+def test_a_bad_option_is_one_line_naming_the_help(main, argv, prog, says, capsys):
+    """argparse's refusal without the usage block before it: one line, as every other bad
+    input gets, and exit 2."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert says in lines[0] and lines[0].endswith(f"(see {prog} --help)")

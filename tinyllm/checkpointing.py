@@ -17,8 +17,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from tinyllm.artifacts import ArtifactError, read_checkpoint
-from tinyllm.io import write_atomic_with
-from tinyllm.runs import CheckpointError, command_name
+from tinyllm.io import command_name, write_atomic_with
+from tinyllm.runs import CheckpointError
 
 log = logging.getLogger(__name__)
 

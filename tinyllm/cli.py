@@ -22,7 +22,6 @@ from the composed config (`paths.log_dir`).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import logging
@@ -46,14 +45,13 @@ from tinyllm.interrupts import (
     interrupted_line,
     watch_until_training,
 )
-from tinyllm.io import silence_stdout, write_atomic
+from tinyllm.io import OneLineParser, command_name, silence_stdout, write_atomic
 from tinyllm.runs import (
     CHECKPOINT_DIR,
     LAST_CHECKPOINT,
     RUN_CONFIG,
     CheckpointError,
     RunFolderError,
-    command_name,
     default_log_dir,
     missing_folders,
     new_run_folder,
@@ -209,11 +207,6 @@ def eval_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def eval_overrides(args: list[str]) -> list[str]:
     """`MODEL [KEY=VALUE ...] [--flags]` -> Hydra overrides of eval.yaml: MODEL ->
     `model_path=MODEL`, then the KEY=VALUE arguments unchanged (`data.path=x.txt`, `split=train`),
@@ -221,7 +214,7 @@ def eval_overrides(args: list[str]) -> list[str]:
     values for a key wins). The positional's and the flags' values are quoted: any path is taken
     as it is (an argument with `=` is an override unless it is a path that exists)."""
     prog = command_name("tinyllm-eval", "eval.py")
-    parser = _OneLineParser(
+    parser = OneLineParser(
         prog=prog,
         description="Loss, bits per character and perplexity of a saved model. Settings are "
         "tinyllm/configs/eval.yaml, composed by Hydra: KEY=VALUE overrides (model_path=, "
@@ -289,7 +282,7 @@ def prepare_main(argv: list[str] | None = None) -> int:
     from hydra.utils import instantiate
     from omegaconf.errors import OmegaConfBaseException
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tinyllm-prepare",
         description="Encode a corpus once into the token cache that training memory-maps.",
         epilog="e.g. tinyllm-prepare data.path='books/*.txt' data.tokenizer=bytes",

@@ -1,8 +1,10 @@
-"""Crash-safe file writes (a kill at any moment leaves the old file or the new one, never half),
-and a quiet end when the reader of our output goes away."""
+"""What every command shares at its edges: crash-safe file writes (a kill at any moment leaves
+the old file or the new one, never half), a quiet end when the reader of our output goes away,
+the command's name as the user typed it, and a bad argument said in one line."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import sys
@@ -73,3 +75,19 @@ def silence_stdout() -> int:
     with contextlib.suppress(OSError, ValueError):
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def command_name(installed: str, script: str) -> str:
+    """What to tell the user to type for one of tinyllm's commands (usage lines, hints):
+    `installed` (tinyllm-chat) when this process was started as an installed tinyllm-* command,
+    else `script` (python chat.py)."""
+    started_as = Path(sys.argv[0]).name if sys.argv else ""
+    return installed if started_as.startswith("tinyllm-") else script
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose refusal is one line (`error: ... (see PROG --help)`, exit 2),
+    not the whole usage before it."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +20,6 @@ LOCK_FILE = ".lock"
 RUN_CONFIG = "config.yaml"  # the resolved config train.py writes into each run folder
 CHECKPOINT_DIR = "checkpoints"  # a run's Lightning checkpoints: <run>/checkpoints/*.ckpt
 LAST_CHECKPOINT = "last.ckpt"  # the one `resume=` continues from
-
-
-def command_name(installed: str, script: str) -> str:
-    """What to tell the user to type for one of tinyllm's commands (usage lines, hints):
-    `installed` (tinyllm-chat) when this process was started as an installed tinyllm-* command,
-    else `script` (python chat.py)."""
-    started_as = Path(sys.argv[0]).name if sys.argv else ""
-    return installed if started_as.startswith("tinyllm-") else script
 
 
 class RunFolderError(ValueError):

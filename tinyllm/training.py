@@ -42,9 +42,9 @@ from tinyllm.config import (
     validate,
 )
 from tinyllm.data import CharDataModule
-from tinyllm.io import write_atomic
+from tinyllm.io import command_name, write_atomic
 from tinyllm.model import ModelConfig
-from tinyllm.runs import RUN_CONFIG, RunLock, command_name
+from tinyllm.runs import RUN_CONFIG, RunLock
 
 log = logging.getLogger(__name__)
 

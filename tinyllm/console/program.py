@@ -26,8 +26,7 @@ from tinyllm.console.session import (
     setup_readline,
 )
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS
-from tinyllm.io import silence_stdout
-from tinyllm.runs import command_name
+from tinyllm.io import OneLineParser, command_name, silence_stdout
 
 DESCRIPTION = """\
 Talk to a trained model: each line you type is continued by the model, with the conversation
@@ -81,7 +80,7 @@ def _option(parse: Callable[[str, str], Any], name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog=PROG,
         description=DESCRIPTION,
         epilog=EPILOG,

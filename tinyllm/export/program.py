@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -10,10 +9,11 @@ from tinyllm.artifacts import ArtifactError
 from tinyllm.export.architectures import ExportError, architecture
 from tinyllm.export.check import checker
 from tinyllm.export.folder import export
+from tinyllm.io import OneLineParser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tinyllm-export",
         description="Write a model as a Hugging Face transformers folder (safetensors, config, "
         "tokenizer, generation defaults, model card).",

@@ -12,6 +12,8 @@ import socket
 import sys
 from pathlib import Path
 
+from tinyllm.io import OneLineParser
+
 API_KEY_ENV = "TINYLLM_API_KEY"  # the key from the environment keeps it out of `ps`
 
 
@@ -58,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tinyllm.serve.app import ServeConfig
 
     d = ServeConfig()
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="tinyllm-serve",
         description="Serve a trained model: an OpenAI-compatible API (/v1/completions, "
         "/v1/chat/completions) and a chat page at /.",
