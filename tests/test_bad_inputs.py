@@ -93,6 +93,11 @@ TRAIN_CASES = [
     ("a group set to null", ["logger=null"], 2, "error: Config group override must be"),
     ("a logger that is not a config", ["+logger.foo=1"], 2,
      "error: logger.foo must be a config with a _target_ (or null to switch it off), got 1"),
+    # Hydra's own flags, read by Hydra's parser without its usage block before the line
+    ("an unknown flag", ["--bogus"], 2, "error: unrecognized arguments: --bogus (see train.py "
+     "--help)"),
+    ("a flag without its value", ["--config-name"], 2, "error: argument --config-name/-cn: "
+     "expected one argument"),
     # before Hydra starts (train.py's own check): one `error:` line on stderr
     ("resume without a run", ["resume=true"], 2, "error: no run to resume under outputs/ "),
     ("resume= and another ckpt_path=", ["resume={tmp}/old_run", "ckpt_path={tmp}/other.ckpt"],
@@ -159,7 +164,7 @@ REFUSED_BEFORE_HYDRA = {
     "a GPU config without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
     "a path Hydra's grammar cannot read", "a file for the run folder", "unknown encoding",
-    "no devices",
+    "no devices", "an unknown flag", "a flag without its value",
 }  # fmt: skip
 
 

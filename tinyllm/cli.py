@@ -467,6 +467,7 @@ def check_config(argv: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a.startswith("-") for a in argv[1:]):
+        _check_flags(argv)
         return
     parser, sweeps = OverridesParser.create(), []
     for override in _overrides(argv):
@@ -497,6 +498,19 @@ def check_config(argv: list[str]) -> None:
         if isinstance(e, ConfigError):  # validate's own line
             raise
         raise ConfigError(error_line(e)) from None
+
+
+def _check_flags(argv: list[str]) -> None:
+    """Hydra's own flags, read by Hydra's parser: one ConfigError line for a flag it does not
+    know or one without its value, where Hydra would print its usage block first."""
+    from hydra._internal.utils import get_args_parser
+
+    def refuse(message: str):
+        raise ConfigError(f"{message} (see {Path(argv[0]).name} --help)")
+
+    parser = get_args_parser()
+    parser.error = refuse
+    parser.parse_args(argv[1:])
 
 
 def configured_log_dir(argv: list[str]) -> Path:
