@@ -76,6 +76,9 @@ TRAIN_CASES = [
     ("heads", ["model.n_head=3"], 2, "model.n_head=3 must divide model.n_embd=32"),
     ("unknown encoding", ["data.encoding=utf-9"], 2,
      "data.encoding must be a text encoding Python knows, such as utf-8 or latin-1, got 'utf-9'"),
+    ("a seed numpy cannot take", ["seed=5000000000"], 2,
+     "seed must be an integer from 0 to 4294967295, got 5000000000"),
+    ("a negative seed", ["seed=-1"], 2, "error: seed must be an integer from 0 to 4294967295"),
     ("no devices", ["trainer.devices=0"], 2, "trainer.devices must be a count (>= 1), -1 for "
      'all, "auto" or a list of indices, got 0'),
     # overrides that do not compose: Hydra's report (the problem, the fix, the options) on one
@@ -164,7 +167,7 @@ REFUSED_BEFORE_HYDRA = {
     "a GPU config without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
     "a path Hydra's grammar cannot read", "a file for the run folder", "unknown encoding",
-    "no devices", "an unknown flag", "a flag without its value",
+    "no devices", "a seed numpy cannot take", "a negative seed", "an unknown flag", "a flag without its value",
 }  # fmt: skip
 
 

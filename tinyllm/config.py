@@ -346,7 +346,8 @@ _VAL_CHECK = (
 )
 
 RULES: dict[str, tuple] = {
-    "seed": (lambda v: v is None or _integer(v), "an integer"),
+    # numpy's seeds (Lightning's seed_everything); data.seed is ${seed} unless set apart
+    "seed": (lambda v: _integer(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295"),
     "data.path": _path(
         "a text file, a folder or a quoted glob, e.g. data.path=my.txt (null: the plays)"
     ),
