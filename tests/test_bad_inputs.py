@@ -68,11 +68,16 @@ TRAIN_CASES = [
     ("binary corpus", ["data.path={tmp}/binary.bin"], 2, "looks binary"),
     ("not utf-8", ["data.path={tmp}/latin1.txt"], 2, "data.encoding="),
     ("too short", ["data.path={tmp}/short.txt"], 2, "needs at least 332"),
-    ("val_split 0", ["training.val_split=0"], 2, "training.val_split must be strictly between"),
-    ("val_split 1", ["training.val_split=1"], 2, "training.val_split must be strictly between"),
-    ("val_split < 0", ["training.val_split=-0.1"], 2, "training.val_split must be strictly"),
-    ("lr 0", ["training.learning_rate=0"], 2, "training.learning_rate must be > 0, got 0"),
-    ("lr < 0", ["training.learning_rate=-1"], 2, "training.learning_rate must be > 0, got -1.0"),
+    ("val_split 0", ["training.val_split=0"], 2,
+     "training.val_split must be a number in (0, 1), got 0"),
+    ("val_split 1", ["training.val_split=1"], 2,
+     "training.val_split must be a number in (0, 1), got 1"),
+    ("val_split < 0", ["training.val_split=-0.1"], 2,
+     "training.val_split must be a number in (0, 1)"),
+    ("lr 0", ["training.learning_rate=0"], 2,
+     "training.learning_rate must be a number > 0, got 0"),
+    ("lr < 0", ["training.learning_rate=-1"], 2,
+     "training.learning_rate must be a number > 0, got -1"),
     ("heads", ["model.n_head=3"], 2, "model.n_head=3 must divide model.n_embd=32"),
     ("unknown encoding", ["data.encoding=utf-9"], 2,
      "data.encoding must be a text encoding Python knows, such as utf-8 or latin-1, got 'utf-9'"),
@@ -134,7 +139,7 @@ TRAIN_CASES = [
      "data.path={tmp}/other.txt"], 2, "the corpus's vocabulary (28 characters) is not the one"),
     # a refused resume leaves the run's saved overrides alone: test_a_refused_resume_...
     ("resume with a bad value", ["resume={tmp}/done", "training.batch_size=0"], 2,
-     "training.batch_size must be >= 1"),
+     "training.batch_size must be an integer >= 1"),
     # a loss that stops being a number (tinyllm/callbacks/fault_guard.py)
     ("absurd learning rate", ["training.learning_rate=1e6"], 1,
      "lower training.learning_rate (now 1000000.0)"),
@@ -167,7 +172,8 @@ REFUSED_BEFORE_HYDRA = {
     "a GPU config without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
     "a path Hydra's grammar cannot read", "a file for the run folder", "unknown encoding",
-    "no devices", "a seed numpy cannot take", "a negative seed", "an unknown flag", "a flag without its value",
+    "no devices", "a seed numpy cannot take", "a negative seed", "an unknown flag",
+    "a flag without its value",
 }  # fmt: skip
 
 

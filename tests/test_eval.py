@@ -204,10 +204,10 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("training.val_split=abc", "invalid training config (training.val_split)"),
-        ("training.val_split=null", "invalid training config (training.val_split)"),
-        ("training.max_context=abc", "invalid training config (training.max_context)"),
-        ("training.batch_size=abc", "invalid training config (training.batch_size)"),
+        ("training.val_split=abc", "training.val_split must be a number in (0, 1), got 'abc'"),
+        ("training.val_split=null", "training.val_split must be a number in (0, 1), got None"),
+        ("training.max_context=abc", "training.max_context must be an integer >= 1, got 'abc'"),
+        ("training.batch_size=abc", "training.batch_size must be an integer >= 1, got 'abc'"),
         ("data.val_split=abc", "data.val_split must be a number in (0, 1), got 'abc'"),
         ("data.val_split=null", "data.val_split must be a number in (0, 1), got None"),
         ("data.lowercase=abc", "data.lowercase must be true or false, got 'abc'"),

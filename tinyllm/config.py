@@ -1,7 +1,7 @@
-"""Schemas for the composed Hydra config, checked before anything expensive happens.
+"""The composed Hydra config's checks, run before anything expensive happens.
 
-The YAML under configs/ is the single source of values; these dataclasses only say what a value
-may be. `validate` turns every mistake into one `ConfigError` line that names the key.
+The YAML under configs/ is the single source of values; RULES only says what each value may
+be. `validate` turns every mistake into one `ConfigError` line that names the key.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import functools
 import importlib.util
 import logging
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -181,94 +180,11 @@ def parse_duration(value: Any, key: str = "training.time_budget") -> float | Non
     return seconds
 
 
-@dataclass
-class TrainingConfig:
-    """The training recipe (the original design's TrainingConfig, plus optimiser and schedule)."""
-
-    epochs: int = 100
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    max_context: int = 128
-    gradient_clip: float = 1.0
-    val_split: float = 0.1
-    sample_frequency: int = 500
-    temperature: float = 0.8
-    console_max_tokens: int = 500
-    console_temperature: float = 0.8
-    console_top_k: int = 0
-    optimizer: str = "adam"
-    weight_decay: float = 0.0
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    warmup_steps: int = 100
-    lr_decay_steps: int | None = None
-    min_lr_ratio: float = 0.1
-    val_interval: int = 250
-    sample_prompt: str = "\n"
-    sample_tokens: int = 200
-    # speed switches (benchmarks/RESULTS.md): optimizer kernels, CPU threads (null: torch's)
-    optimizer_impl: str = "auto"
-    num_threads: int | None = None
-    # optimizer=muon: Muon's rate as a multiple of learning_rate, its momentum, Newton-Schulz steps
-    muon_lr_scale: float = 1.0
-    muon_momentum: float = 0.95
-    muon_ns_steps: int = 5
-    muon_momentum_warmup: int = 0
-    # the decay's shape: cosine, or wsd (flat, then linear over the last lr_cooldown share)
-    lr_schedule: str = "cosine"
-    lr_cooldown: float = 0.4
-    # > 0: validate and keep best/ with a moving average of the weights (this decay per batch)
-    ema_decay: float = 0.0
-    # wall-clock training budget (seconds or "10m"; null: steps only): tinyllm.callbacks.TimeBudget
-    time_budget: Any = None
-
-    def __post_init__(self) -> None:
-        for name, (ok, wanted) in TRAINING_RULES.items():
-            value = getattr(self, name)
-            if not ok(value):
-                raise ConfigError(f"training.{name} must be {wanted}, got {value!r}")
-        parse_duration(self.time_budget)
-
-
-def _one_of(choices: tuple[str, ...]) -> tuple:
-    return (lambda v: v in choices), f"one of {', '.join(choices)}"
-
-
-_AT_LEAST_1 = (lambda v: v >= 1, ">= 1")
-_NOT_NEGATIVE = (lambda v: v >= 0, ">= 0")
-# What each training.* value may be (the typed values of TrainingConfig): (check, the wording)
-TRAINING_RULES: dict[str, tuple] = {
-    **dict.fromkeys(
-        ("epochs", "batch_size", "max_context", "sample_frequency", "console_max_tokens",
-         "val_interval", "sample_tokens"),
-        _AT_LEAST_1,
-    ),
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "val_split": (lambda v: 0.0 < v < 1.0, "strictly between 0 and 1 (e.g. 0.1)"),
-    "gradient_clip": (lambda v: v >= 0, ">= 0 (0 turns clipping off)"),
-    "temperature": _NOT_NEGATIVE,
-    "console_temperature": _NOT_NEGATIVE,
-    "console_top_k": (lambda v: v >= 0, ">= 0 (0 = off)"),
-    "optimizer": _one_of(OPTIMIZERS),
-    "muon_lr_scale": (lambda v: v > 0, "> 0"),
-    "muon_momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
-    "muon_ns_steps": (lambda v: 1 <= v <= 20, "in 1..20"),
-    "muon_momentum_warmup": (lambda v: v >= 0, ">= 0 (0: off)"),
-    "lr_schedule": _one_of(LR_SCHEDULES),
-    "lr_cooldown": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    "ema_decay": (lambda v: 0.0 <= v < 1.0, "in [0, 1) (0: off)"),
-    "weight_decay": _NOT_NEGATIVE,
-    "betas": (lambda v: len(v) == 2 and all(0.0 <= b < 1.0 for b in v), "two numbers in [0, 1)"),
-    "warmup_steps": _NOT_NEGATIVE,
-    "min_lr_ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-    "optimizer_impl": _one_of(OPTIMIZER_IMPLS),
-    "num_threads": (lambda v: v is None or v >= 1, ">= 1 (null: torch's default)"),
-}  # fmt: skip
-
-
-# --- every other user-settable value, whatever key path sets it --------------------------------
-# The training recipe above is what users usually change, and other groups read it through
-# interpolations (data.batch_size: ${training.batch_size}); a value set directly on those groups
-# (`data.batch_size=0`, `module.learning_rate=-1`) is checked here, with the same kind of line.
+# --- what each user-settable value may be, whatever key path sets it ----------------------------
+# The training recipe is what users usually change, and other groups read it through
+# interpolations (data.batch_size: ${training.batch_size}): its rules come first, so a bad
+# `training.batch_size=0` is named as the user wrote it; a value set directly on those groups
+# (`data.batch_size=0`, `module.learning_rate=-1`) gets the same kind of line.
 
 
 def _number(value) -> bool:
@@ -303,6 +219,18 @@ def _between(low: float, high: float, *, low_open: bool = False, high_open: bool
 
     brackets = ("(" if low_open else "[", ")" if high_open else "]")
     return check, f"a number in {brackets[0]}{low}, {high}{brackets[1]}"
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+def _duration(value) -> bool:
+    try:
+        parse_duration(value)
+    except ConfigError:
+        return False
+    return True
 
 
 def _text(value) -> bool:
@@ -348,6 +276,47 @@ _VAL_CHECK = (
 RULES: dict[str, tuple] = {
     # numpy's seeds (Lightning's seed_everything); data.seed is ${seed} unless set apart
     "seed": (lambda v: _integer(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295"),
+    **dict.fromkeys(
+        [
+            f"training.{key}"
+            for key in (
+                "epochs",
+                "batch_size",
+                "max_context",
+                "val_interval",
+                "sample_frequency",
+                "sample_tokens",
+                "console_max_tokens",
+            )
+        ],
+        _int_at_least(1),
+    ),
+    "training.learning_rate": _POSITIVE,
+    "training.val_split": _between(0, 1, low_open=True, high_open=True),
+    "training.gradient_clip": _at_least(0),  # 0: no clipping
+    "training.temperature": _at_least(0),
+    "training.sample_prompt": (lambda v: isinstance(v, str), "text (a number quoted: \"'42'\")"),
+    "training.console_temperature": _at_least(0),
+    "training.console_top_k": _int_at_least(0),  # 0: off
+    "training.optimizer": _one_of(OPTIMIZERS),
+    "training.optimizer_impl": _one_of(OPTIMIZER_IMPLS),
+    "training.weight_decay": _at_least(0),
+    "training.betas": _BETAS,
+    "training.warmup_steps": _int_at_least(0),
+    "training.lr_decay_steps": _int_at_least(1, nullable=True),
+    "training.lr_schedule": _one_of(LR_SCHEDULES),
+    "training.lr_cooldown": _between(0, 1, low_open=True),
+    "training.min_lr_ratio": _between(0, 1),
+    "training.muon_lr_scale": _POSITIVE,
+    "training.muon_momentum": _between(0, 1, high_open=True),
+    "training.muon_ns_steps": (lambda v: _integer(v) and 1 <= v <= 20, "an integer from 1 to 20"),
+    "training.muon_momentum_warmup": _int_at_least(0),  # 0: off
+    "training.ema_decay": _between(0, 1, high_open=True),  # 0: off
+    "training.num_threads": _int_at_least(1, nullable=True),  # null: torch's default
+    "training.time_budget": (
+        _duration,
+        "a positive duration such as 600, 90s, 10m, 1h30m or 00:00:10:00 (null: no time limit)",
+    ),
     "data.path": _path(
         "a text file, a folder or a quoted glob, e.g. data.path=my.txt (null: the plays)"
     ),
@@ -395,6 +364,8 @@ RULES: dict[str, tuple] = {
     "callbacks.best_artifacts.console_temperature": _between(0, 100),
     "callbacks.best_artifacts.console_top_k": _int_at_least(0),
 }
+
+_TRAINING_KEYS = {key.split(".", 1)[1] for key in RULES if key.startswith("training.")}
 
 
 def check_rules(cfg: DictConfig) -> None:
@@ -445,25 +416,16 @@ def error_line(error: BaseException, *, named: str = "") -> str:
     return "; ".join(part.rstrip(".") for part in [first, *parts[1:]])
 
 
-def training_config(cfg: DictConfig) -> TrainingConfig:
-    """`cfg.training` as the typed recipe, or one ConfigError line naming the key (eval.py
-    checks it too: its data reads training.val_split and the like)."""
-    try:
-        # resolved in the whole config first: `${training.max_context}` names its root
-        values = OmegaConf.to_container(cfg.training, resolve=True)
-        merged = OmegaConf.merge(OmegaConf.structured(TrainingConfig), values)
-        training = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None)
-        where = f"training.{key}" if key and not str(key).startswith("training") else key
-        message = error_line(e, named=str(where))
-        raise ConfigError(f"invalid training config ({where}): {message}") from None
-    return training
-
-
-def validate(cfg: DictConfig) -> TrainingConfig:
-    """Check the composed config; return the typed training recipe."""
-    training = training_config(cfg)
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config: every value its rule (RULES), the model's shape, and what
+    only the combination of values decides."""
+    check_rules(cfg)
+    unknown = sorted(set(cfg.get("training") or ()) - _TRAINING_KEYS)
+    if unknown:  # `+training.lr=1`: a setting nothing reads
+        raise ConfigError(
+            f"training.{unknown[0]} is not a training setting: configs/training/default.yaml "
+            "lists them"
+        )
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
     model.pop("_target_", None)
     # `model.compile` is a training switch (torch.compile), not part of the saved ModelConfig
@@ -477,6 +439,7 @@ def validate(cfg: DictConfig) -> TrainingConfig:
     except (TypeError, ValueError) as e:
         raise ConfigError(error_line(e)) from None
     precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    training = cfg.training
     if training.optimizer_impl == "fused" and training.gradient_clip > 0 and "mixed" in precision:
         # Lightning's mixed-precision plugin refuses to clip what a fused optimizer unscales itself
         raise ConfigError(
@@ -484,7 +447,6 @@ def validate(cfg: DictConfig) -> TrainingConfig:
             f"{precision}: set training.gradient_clip=0, training.optimizer_impl=foreach "
             "or trainer.precision=32-true"
         )
-    check_rules(cfg)
     for group in ("callbacks", "logger"):  # each entry is instantiated: a config, or null (off)
         entries = cfg.get(group)
         for name, entry in entries.items() if isinstance(entries, DictConfig) else ():
@@ -493,7 +455,6 @@ def validate(cfg: DictConfig) -> TrainingConfig:
                     f"{group}.{name} must be a config with a _target_ (or null to switch it "
                     f"off), got {entry!r}"
                 )
-    return training
 
 
 # Lightning loggers whose package is one of our optional extras (pyproject.toml): the logger's

@@ -31,7 +31,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tinyllm.artifacts import load_model
-from tinyllm.config import ConfigError, check_rules, error_line, training_config
+from tinyllm.config import ConfigError, check_rules, error_line
 from tinyllm.data import CharDataModule
 from tinyllm.io import write_atomic
 from tinyllm.model import Transformer
@@ -154,7 +154,6 @@ def _check_values(cfg: DictConfig, data: dict) -> None:
     the composed training recipe and seed, which data reads (`training.val_split=abc`), and the
     data settings evaluated (`data.lowercase=abc`, `data.path=`)."""
     try:
-        training_config(cfg)
         check_rules(cfg)
         check_rules(OmegaConf.create({"data": data}))
     except ConfigError as e:
