@@ -25,7 +25,7 @@ from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
 
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
-from tinyllm.io import write_atomic, write_atomic_with
+from tinyllm.io import first_line, write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
 from tinyllm.runs import default_log_dir, find_run_config, newest_with
 from tinyllm.tokenizer import CharacterTokenizer, Tokenizer, tokenizer_from_state
@@ -204,16 +204,19 @@ def check_weights_match(
         raise mismatch(f"unexpected weights {unexpected[:3]}")
 
 
+def _damaged(weights: Path, error: Exception) -> ArtifactError:
+    return ArtifactError(
+        f"{weights} does not match {CONFIG_FILE} or is damaged ({first_line(error)[:200]})"
+    )
+
+
 def _stored_shapes(weights: Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes from a safetensors header, without reading any tensor."""
     try:
         with safe_open(str(weights), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(
-            f"{weights} does not match {CONFIG_FILE} or is damaged ({first[:200]})"
-        ) from None
+        raise _damaged(weights, e) from None
 
 
 def _read_parsed(path: Path, parse: Callable[[dict], T]) -> T:
@@ -254,10 +257,7 @@ def load_artifacts(directory: str | Path, device: str | torch.device = "cpu") ->
     try:
         load_safetensors_model(model, weights, strict=True, device=str(device))
     except (SafetensorError, RuntimeError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ArtifactError(
-            f"{weights} does not match {CONFIG_FILE} or is damaged ({first[:200]})"
-        ) from None
+        raise _damaged(weights, e) from None
     _check_finite(model, weights)
     return LoadedModel(model.to(device).eval(), tokenizer, metadata, directory)
 
@@ -296,7 +296,7 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         elif "zip" in text or "mmap" in text:
             reason = "not a file torch.save wrote, or cut short"
         else:
-            reason = text.splitlines()[0][:200] if text else type(e).__name__
+            reason = first_line(e)[:200]
         raise ArtifactError(
             f"checkpoint {path} cannot be loaded safely ({reason}); use a best/ artifacts folder "
             "or a checkpoint written by tinyllm"

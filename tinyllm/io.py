@@ -1,6 +1,6 @@
 """What every command shares at its edges: crash-safe file writes (a kill at any moment leaves
 the old file or the new one, never half), a quiet end when the reader of our output goes away,
-the command's name as the user typed it, and a bad argument said in one line."""
+the command's name as the user typed it, and a bad argument or a failure said in one line."""
 
 from __future__ import annotations
 
@@ -91,3 +91,10 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type's name when it has none: what a
+    one-line report quotes of a library's (often multi-line) error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -26,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from tinyllm.io import write_atomic
+from tinyllm.io import first_line, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def exit_job(code: int, error: object) -> None:
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        message = first_line(error)
         FAILED_JOBS[int(HydraConfig.get().job.num)] = message
         return None
     sys.exit(code)

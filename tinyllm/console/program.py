@@ -26,7 +26,7 @@ from tinyllm.console.session import (
     setup_readline,
 )
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS
-from tinyllm.io import OneLineParser, command_name, silence_stdout
+from tinyllm.io import OneLineParser, command_name, first_line, silence_stdout
 
 DESCRIPTION = """\
 Talk to a trained model: each line you type is continued by the model, with the conversation
@@ -153,8 +153,7 @@ def _main(argv: list[str] | None) -> int:
     try:
         loaded = load_model(args.model, outputs_dir=args.outputs)
     except (ArtifactError, OSError) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"{PROG}: error: {text}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(e)}", file=sys.stderr)
         return 2
 
     settings, warning = settings_from_metadata(loaded.metadata)

@@ -34,6 +34,7 @@ from tinyllm.console.commands import (
     parse_command,
 )
 from tinyllm.generation import SamplingSettings, split_unknown, stream_text
+from tinyllm.io import first_line
 
 PROMPT = "> "
 HISTORY_ENV = "TINYLLM_HISTORY"  # history file; empty: no history file
@@ -247,8 +248,7 @@ class ChatConsole:
         try:
             loaded = loader(path)
         except (ArtifactError, OSError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            self.error(f"cannot load {path}: {reason}; still using the current model")
+            self.error(f"cannot load {path}: {first_line(e)}; still using the current model")
             return
         self._use(loaded)
         self.say(f"loaded {model_summary(loaded)}; conversation reset, settings kept")

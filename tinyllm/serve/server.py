@@ -12,7 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
-from tinyllm.io import OneLineParser
+from tinyllm.io import OneLineParser, first_line
 
 API_KEY_ENV = "TINYLLM_API_KEY"  # the key from the environment keeps it out of `ps`
 
@@ -141,8 +141,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         loaded = load_model(args.model)
     except (ArtifactError, OSError) as e:
-        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        print(f"tinyllm-serve: error: {text}", file=sys.stderr)
+        print(f"tinyllm-serve: error: {first_line(e)}", file=sys.stderr)
         return 2
     config = ServeConfig(
         model_id=args.model_name or model_id_of(loaded.path),
@@ -165,7 +164,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:  # the batch's KV cache is allocated here
         app = create_app(loaded, config)
     except (RuntimeError, MemoryError) as e:
-        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        text = first_line(e)[:200]
         print(f"tinyllm-serve: error: cannot set up the model for {config.max_batch} requests "
               f"at once ({text}): lower --max-batch", file=sys.stderr)  # fmt: skip
         return 2
