@@ -150,6 +150,8 @@ if not torch.cuda.is_available():  # a GPU config on a machine without one
     TRAIN_CASES.append(("a GPU config without a GPU", ["trainer=gpu"], 2,
                         "trainer.accelerator=gpu, but this machine has no CUDA GPU torch can use: "
                         "train with trainer=cpu"))  # fmt: skip
+    TRAIN_CASES.append(("every GPU without a GPU", ["trainer.devices=-1"], 2,
+                        "trainer.devices=-1 (every GPU) needs a CUDA GPU"))  # fmt: skip
 for _logger in ("mlflow", "wandb"):  # a logger whose package (our optional extra) is missing
     if importlib.util.find_spec(_logger) is None:
         TRAIN_CASES.append((f"logger={_logger} without its extra", [f"logger={_logger}"], 2,
@@ -169,7 +171,7 @@ REFUSED_BEFORE_HYDRA = {
     "val_split 0", "val_split 1", "val_split < 0", "lr 0", "lr < 0", "heads", "unknown key",
     "unknown group option", "unreadable override", "a list or a sweep?",
     "an interpolation to nothing", "a group set to null", "a logger that is not a config",
-    "a GPU config without a GPU", "logger=mlflow without its extra",
+    "a GPU config without a GPU", "every GPU without a GPU", "logger=mlflow without its extra",
     "logger=wandb without its extra", "missing corpus", "resume= and another ckpt_path=",
     "a path Hydra's grammar cannot read", "a file for the run folder", "unknown encoding",
     "no devices", "a seed numpy cannot take", "a negative seed", "an unknown flag",

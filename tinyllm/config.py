@@ -473,6 +473,13 @@ def check_machine(cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator}, but this machine has no CUDA GPU torch can use: "
             "train with trainer=cpu (or trainer.accelerator=auto)"
         )
+    devices = OmegaConf.select(cfg, "trainer.devices", default=1)
+    if devices in (-1, "-1") and not trains_on_cuda(accelerator):
+        # Lightning: "devices selected with CPUAccelerator should be an int > 0"
+        raise ConfigError(
+            "trainer.devices=-1 (every GPU) needs a CUDA GPU, and this machine has none: on a "
+            "CPU give a count of processes, e.g. trainer=ddp trainer.devices=2"
+        )
     for name, entry in (cfg.get("logger") or {}).items():
         target = str(entry["_target_"]) if entry and "_target_" in entry else ""
         package, extra = LOGGER_EXTRAS.get(target.rsplit(".", 1)[-1], (None, None))
