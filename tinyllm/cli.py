@@ -501,8 +501,14 @@ def check_config(argv: list[str]) -> None:
 
 
 def _check_flags(argv: list[str]) -> None:
-    """Hydra's own flags, read by Hydra's parser: one ConfigError line for a flag it does not
-    know or one without its value, where Hydra would print its usage block first."""
+    """Hydra's own flags: one ConfigError line for a flag Hydra does not know or one without
+    its value, where Hydra would print its usage block first."""
+    _hydra_arguments(argv)
+
+
+def _hydra_arguments(argv: list[str]):
+    """`argv` as Hydra's own parser reads it (its flags, then `.overrides`), or one
+    ConfigError line where Hydra would refuse it."""
     from hydra._internal.utils import get_args_parser
 
     def refuse(message: str):
@@ -510,7 +516,7 @@ def _check_flags(argv: list[str]) -> None:
 
     parser = get_args_parser()
     parser.error = refuse
-    parser.parse_args(argv[1:])
+    return parser.parse_args(argv[1:])
 
 
 def configured_log_dir(argv: list[str]) -> Path:
@@ -636,7 +642,7 @@ def resolve_resume_argv(argv: list[str]) -> list[str]:
     if any(a in ("-m", "--multirun") for a in argv[1:]):
         raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
     given = [a.split("=", 1)[1] for a in argv[1:] if _key(a) == "ckpt_path"]
-    flags, user = _split_flags([a for a in argv[1:] if _key(a) not in ("resume", "ckpt_path")])
+    flags, user = _split_flags([a for a in argv if _key(a) not in ("resume", "ckpt_path")])
     log_dir = configured_log_dir(argv) if value.strip().lower() in _TRUE else None
     run, ckpt = resolve_resume(value, log_dir or ".")
     # a ckpt_path= of its own would be dropped (DDP's other ranks repeat the run's own one)
@@ -656,22 +662,15 @@ def resolve_resume_argv(argv: list[str]) -> list[str]:
     return [argv[0], *flags, *saved, *user, *run_dir, f"ckpt_path={ckpt}", f"resume={run}"]
 
 
-# Hydra's flags that take a value (--info's is optional, so it is left out)
-_VALUE_FLAGS = ("--config-dir", "-cd", "--config-name", "-cn", "--config-path", "-cp",
-                "--cfg", "-c", "--package", "-p", "--experimental-rerun", "--shell-completion",
-                "-sc")  # fmt: skip
-
-
-def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+def _split_flags(argv: list[str]) -> tuple[list[str], list[str]]:
     """(Hydra's flags with their values, the overrides) of a command line's arguments."""
-    flags, overrides = [], []
-    taking_value = False
-    for arg in args:
-        if taking_value or arg.startswith("-"):
-            flags.append(arg)
-            taking_value = not taking_value and arg in _VALUE_FLAGS
+    overrides = _hydra_arguments(argv).overrides
+    left, flags = list(overrides), []
+    for arg in argv[1:]:
+        if left and arg == left[0]:
+            left.pop(0)
         else:
-            overrides.append(arg)
+            flags.append(arg)
     return flags, overrides
 
 
