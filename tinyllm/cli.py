@@ -420,17 +420,6 @@ def _values(argv: list[str]) -> dict[str, str]:
     return values
 
 
-def _option(argv: list[str], *names: str) -> str | None:
-    """The value of `--name VALUE` or `--name=VALUE` (Hydra's own flags)."""
-    for i, arg in enumerate(argv):
-        for name in names:
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-    return None
-
-
 @functools.lru_cache(maxsize=4)
 def _composed(argv: tuple[str, ...]) -> DictConfig:
     """The config a run of `argv` composes: the packaged configs, yours (`--config-dir`,
@@ -438,15 +427,13 @@ def _composed(argv: tuple[str, ...]) -> DictConfig:
     without starting a run. Raises Hydra's or OmegaConf's error for a bad override."""
     from hydra import compose, initialize_config_module
 
-    args = list(argv)  # a tuple: the cache's key
-    overrides = [a for a in _overrides(args) if _key(a) not in (*_RUN_KEYS, "hydra")]
+    given = _hydra_arguments(list(argv))  # a tuple: the cache's key
+    overrides = [a for a in given.overrides if _key(a) not in (*_RUN_KEYS, "hydra")]
     overrides = [a for a in overrides if not _key(a).startswith("hydra.")]
-    config_dir = _option(args, "--config-dir", "-cd")
-    if config_dir:
-        overrides.append(f"hydra.searchpath=[file://{Path(config_dir).resolve()}]")
+    if given.config_dir:
+        overrides.append(f"hydra.searchpath=[file://{Path(given.config_dir).resolve()}]")
     with initialize_config_module("tinyllm.configs", version_base="1.3"):
-        name = _option(args, "--config-name", "-cn") or "train"
-        return compose(name, overrides=overrides, return_hydra_config=True)
+        return compose(given.config_name or "train", overrides=overrides, return_hydra_config=True)
 
 
 def check_config(argv: list[str]) -> None:
