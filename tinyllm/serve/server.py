@@ -189,11 +189,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _graceful_server(config):
     """uvicorn's server, which on Ctrl-C or SIGTERM first ends the requests in progress (a
     stream's last event is an error, a whole response a 503): its graceful shutdown waits for
-    connections to close, and a stream left open would be cut off mid-text when it gives up."""
+    connections to close, and a stream left open would be cut off mid-text when it gives up.
+    With nothing left to wait for, the shutdown is quick, so a second signal is not needed to
+    hurry it: it is let be (uvicorn's forced exit would skip the app's own shutdown and log
+    the cancelled lifespan's traceback)."""
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame) -> None:
+            if self.should_exit:
+                return
             config.app.state.scheduler.stop()
             super().handle_exit(sig, frame)
 
