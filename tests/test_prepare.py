@@ -216,6 +216,15 @@ def test_cache_is_prepared_once_then_memory_mapped(tmp_path, monkeypatch):
     assert batches(again) == batches(first)
 
 
+def test_one_encoding_by_any_of_its_names_is_one_cache(tmp_path, monkeypatch):
+    source = write(tmp_path / "corpus.txt", make_corpus(80))
+    first = datamodule(source, tmp_path / "cache", encoding="utf-8")
+    monkeypatch.setattr(prepare, "_prepare", lambda *a, **k: pytest.fail("prepared again"))
+    for alias in ("utf8", "UTF-8", "U8"):
+        assert datamodule(source, tmp_path / "cache", encoding=alias).tokenizer == first.tokenizer
+    assert len(list((tmp_path / "cache" / "prepared").iterdir())) == 1
+
+
 def test_a_killed_preparations_temporary_files_are_removed_by_the_next(tmp_path):
     source = write(tmp_path / "corpus.txt", make_corpus(80))
     settings = PrepareSettings()

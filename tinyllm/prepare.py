@@ -75,6 +75,13 @@ class PrepareSettings:
     normalize_whitespace: bool = False
     tokenizer: str = "chars"
 
+    def identity(self) -> dict:
+        """The settings as they decide the ids: an encoding by its canonical name, so that
+        `utf8`, `UTF-8` and `utf-8` share one cache."""
+        with contextlib.suppress(LookupError):
+            return asdict(self) | {"encoding": codecs.lookup(self.encoding).name}
+        return asdict(self)
+
 
 @dataclass
 class PreparedCorpus:
@@ -103,7 +110,7 @@ def source_identity(files: list[Path]) -> list[dict]:
 def cache_folder(cache_dir: str | Path, files: list[Path], settings: PrepareSettings) -> Path:
     """Where the cache of these sources with these settings lives (the same for every run)."""
     key = json.dumps(
-        {"sources": [str(f.resolve()) for f in files], "settings": asdict(settings)},
+        {"sources": [str(f.resolve()) for f in files], "settings": settings.identity()},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
@@ -160,7 +167,7 @@ def _stale_reason(
         )
     if version != FORMAT_VERSION:
         return f"format {version!r} is older than {FORMAT_VERSION}"
-    if manifest.get("settings") != asdict(settings):
+    if manifest.get("settings") != settings.identity():
         return "settings differ"
     if manifest.get("sources") != source_identity(files):
         return "the corpus changed since it was prepared"
@@ -413,7 +420,7 @@ def _prepare_passes(
         "format": FORMAT,
         "version": FORMAT_VERSION,
         "sources": before,
-        "settings": asdict(settings),
+        "settings": settings.identity(),
         "tokenizer_state": tokenizer.state_dict(),
         "vocab_size": tokenizer.vocab_size,  # every id is below it
         "dtype": dtype.name,
