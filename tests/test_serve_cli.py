@@ -93,6 +93,36 @@ def test_ctrl_c_and_sigterm_stop_the_server_alike(tmp_path, stops):
     assert stderr.strip().splitlines()[-1] == "tinyllm-serve: stopped"
 
 
+# A signal during the start-up that a library swallows (one did, while the app's modules were
+# imported: the server then started as if nothing had happened): simulated by a function that
+# catches everything, where the start-up reads its options
+SWALLOWED_AT_START = """
+import os, signal, sys, time
+from tinyllm.serve import server
+signum, real = int(sys.argv.pop(1)), server.build_parser
+def build_parser():
+    try:
+        os.kill(os.getpid(), signum)
+        time.sleep(5)
+    except BaseException:
+        pass
+    return real()
+server.build_parser = build_parser
+sys.exit(server.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_signal_lost_during_the_start_up_still_stops_the_server(tmp_path, stop):
+    save_tiny_model(tmp_path / "run")
+    script = [sys.executable, "-c", SWALLOWED_AT_START, str(int(stop))]
+    result = subprocess.run([*script, str(tmp_path / "run"), "--port", "0"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 130, result.stdout + result.stderr
+    assert "serving at" not in result.stdout and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "tinyllm-serve: interrupted before serving"
+
+
 def test_stopping_ends_the_requests_in_progress_with_an_error_not_a_cut(tmp_path):
     """Ctrl-C or SIGTERM during requests: a stream ends with an error event and a whole response
     is a 503 error object, at once; uvicorn's graceful shutdown would otherwise wait for them,

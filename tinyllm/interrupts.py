@@ -75,14 +75,16 @@ def training_starts() -> int | None:
 
 
 class RememberedCtrlC:
-    """From now on, Ctrl-C raises KeyboardInterrupt as usual and is remembered, so an error a
-    library makes of it (OmegaConf, interrupted half-way through a merge, reports a broken
-    config) is still reported as the interruption it was."""
+    """From now on, Ctrl-C (and the other `signals` given) raises KeyboardInterrupt as usual and
+    is remembered, so an error a library makes of it (OmegaConf, interrupted half-way through a
+    merge, reports a broken config), or one it swallows, is still taken for the interruption it
+    was."""
 
-    def __init__(self) -> None:
+    def __init__(self, *signals: int) -> None:
         self.pressed = False
-        with contextlib.suppress(ValueError):  # not the main thread: leave the signal alone
-            signal.signal(signal.SIGINT, self._pressed)
+        for signum in signals or (signal.SIGINT,):
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                signal.signal(signum, self._pressed)
 
     def _pressed(self, signum, frame) -> None:
         self.pressed = True

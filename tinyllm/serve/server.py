@@ -12,6 +12,7 @@ import socket
 import sys
 from pathlib import Path
 
+from tinyllm.interrupts import RememberedCtrlC
 from tinyllm.io import OneLineParser, first_line
 
 API_KEY_ENV = "TINYLLM_API_KEY"  # the key from the environment keeps it out of `ps`
@@ -111,19 +112,19 @@ def model_id_of(path: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     # uvicorn shuts down on Ctrl-C or SIGTERM (`kill`), then re-raises the signal to the handler
     # it found: Ctrl-C's KeyboardInterrupt, and SIGTERM made one, so both stop alike (exit 0);
     # before serving (imports, loading the model) either one is a line and 130, no traceback
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupted = RememberedCtrlC(signal.SIGINT, signal.SIGTERM)
     try:
-        return _serve(args)
+        # the parser imports the app: a second, in which a library may swallow the interruption
+        return _serve(build_parser().parse_args(argv), interrupted)
     except KeyboardInterrupt:
         print("tinyllm-serve: interrupted before serving", file=sys.stderr)
         return 130
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace, interrupted: RememberedCtrlC) -> int:
     try:
         import uvicorn
 
@@ -170,6 +171,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    if interrupted.pressed:  # during the start-up, and lost on its way
+        raise KeyboardInterrupt
     print(f"model: {model_summary(loaded)}", flush=True)
     print(f"model id: {config.model_id}" + ("; API key required" if config.api_key else ""))
     print(f"serving at http://{shown}:{port}/  (API: http://{shown}:{port}/v1)", flush=True)
@@ -203,10 +206,6 @@ def _graceful_server(config):
             super().handle_exit(sig, frame)
 
     return Server(config)
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 def _is_loopback(host: str) -> bool:
