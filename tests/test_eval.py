@@ -228,6 +228,7 @@ def test_bad_input_is_one_line_and_exit_2(trained_run, tmp_path, capsys):
         ("data.train_windows_per_epoch=abc", "data.train_windows_per_epoch must be an integer"),
         ("data.seed=abc", "data.seed must be an integer >= 0"),
         ("seed=abc", "seed must be an integer from 0 to 4294967295, got 'abc'"),
+        ("+training.unknown=1", "training.unknown is not a training setting"),
     ],
 )
 def test_values_of_the_wrong_type_are_refused_as_training_refuses_them(

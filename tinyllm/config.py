@@ -382,6 +382,12 @@ def check_rules(cfg: DictConfig) -> None:
             continue
         if not check(value):
             raise ConfigError(f"{key} must be {wanted}, got {value!r}")
+    unknown = sorted(set(cfg.get("training") or ()) - _TRAINING_KEYS)
+    if unknown:  # `+training.lr=1`: a setting nothing reads
+        raise ConfigError(
+            f"training.{unknown[0]} is not a training setting: configs/training/default.yaml "
+            "lists them"
+        )
 
 
 def error_line(error: BaseException, *, named: str = "") -> str:
@@ -420,12 +426,6 @@ def validate(cfg: DictConfig) -> None:
     """Check the composed config: every value its rule (RULES), the model's shape, and what
     only the combination of values decides."""
     check_rules(cfg)
-    unknown = sorted(set(cfg.get("training") or ()) - _TRAINING_KEYS)
-    if unknown:  # `+training.lr=1`: a setting nothing reads
-        raise ConfigError(
-            f"training.{unknown[0]} is not a training setting: configs/training/default.yaml "
-            "lists them"
-        )
     model = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()}
     model.pop("_target_", None)
     # `model.compile` is a training switch (torch.compile), not part of the saved ModelConfig
