@@ -216,6 +216,12 @@ def test_resume_argv_keeps_the_runs_config_name_and_folder(tmp_path, monkeypatch
                     "/somewhere/my_configs", "model=tiny", "a=1", *tail]  # fmt: skip
     argv = resolve_resume_argv(["train.py", "-cd", "mine", "resume=true", "--config-name=t"])
     assert argv == ["train.py", "-cd", "mine", "--config-name=t", "model=tiny", *tail]
+    # a flag's value that reads as a key (`--cfg job -p ckpt_path` prints that value) stays its
+    argv = resolve_resume_argv(["train.py", "resume=true", "--cfg", "job", "-p", "ckpt_path"])
+    assert argv == ["train.py", "--config-name", "my_train", "--config-dir",
+                    "/somewhere/my_configs", "--cfg", "job", "-p", "ckpt_path", "model=tiny",
+                    *tail]  # fmt: skip
+    assert resolve_resume_argv(["train.py", "-p", "resume=x"]) == ["train.py", "-p", "resume=x"]
 
 
 # `train.py resume=true` with no run to resume: tests/test_bad_inputs.py ("resume without a run")

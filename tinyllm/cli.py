@@ -620,16 +620,19 @@ def resolve_resume_argv(argv: list[str]) -> list[str]:
     `trainer.max_steps` to train on). Without `resume=` (or with resume=false/null) `argv` is
     returned unchanged. Multirun (`-m`) cannot resume; its jobs are resumed one by one.
     """
-    resume = [a for a in argv[1:] if a.startswith("resume=")]
+    if not any(a.startswith("resume=") for a in argv[1:]):
+        return argv
+    flags, overrides = _split_flags(argv)  # `-p resume=x` is a flag's value, not a resume
+    resume = [o for o in overrides if o.startswith("resume=")]
     if not resume:
         return argv
     value = resume[-1].split("=", 1)[1]
     if value.strip().lower() in _FALSE:
-        return [a for a in argv if not a.startswith("resume=")]
-    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        return [argv[0], *flags, *(o for o in overrides if not o.startswith("resume="))]
+    if any(a in ("-m", "--multirun") for a in flags):
         raise CheckpointError("resume= works on one run: resume each job folder of a sweep")
-    given = [a.split("=", 1)[1] for a in argv[1:] if _key(a) == "ckpt_path"]
-    flags, user = _split_flags([a for a in argv if _key(a) not in ("resume", "ckpt_path")])
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("ckpt_path=")]
+    user = [o for o in overrides if _key(o) not in ("resume", "ckpt_path")]
     log_dir = configured_log_dir(argv) if value.strip().lower() in _TRUE else None
     run, ckpt = resolve_resume(value, log_dir or ".")
     # a ckpt_path= of its own would be dropped (DDP's other ranks repeat the run's own one)
