@@ -34,6 +34,30 @@ def read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def test_a_stopped_sweep_lists_the_jobs_it_never_ran(tmp_path):
+    """The basic sweeper's plan is kept at the start (the sweep's params from its config first,
+    then the command line's, as Hydra orders them); jobs without a result are `not run` rows,
+    after the ones that ran. A sweep whose jobs all ran has no such row (the grid test)."""
+    config = OmegaConf.create({"hydra": {
+        "sweep": {"dir": str(tmp_path)},
+        "sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "max_batch_size": None, "params": {"seed": "1,2"}},
+        "overrides": {"task": ["model.n_layer=1,2", "model=tiny"]},
+    }})  # fmt: skip
+    SweepSummary().on_multirun_start(config)
+    (tmp_path / "0").mkdir()
+    result = {"job": 0, "overrides": {"seed": "1", "model.n_layer": "1", "model": "tiny"},
+              "status": "interrupted", "val_loss": 2.5, "error": None}  # fmt: skip
+    (tmp_path / "0" / RESULT_FILE).write_text(json.dumps(result))
+    write_summary(tmp_path)
+    rows = read_csv(tmp_path / "summary.csv")
+    assert [(r["job"], r["seed"], r["model.n_layer"], r["status"]) for r in rows] == [
+        ("0", "1", "1", "interrupted"), ("1", "1", "2", "not run"),
+        ("2", "2", "1", "not run"), ("3", "2", "2", "not run"),
+    ]  # fmt: skip
+    assert all(r["model"] == "tiny" for r in rows)
+
+
 @pytest.mark.slow
 def test_grid_sweep_writes_a_summary_best_first(tmp_path, corpus_file):
     """One folder per job, each with its own config, artifacts, log and events; the summary."""

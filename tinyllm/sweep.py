@@ -7,8 +7,12 @@ there even when a job fails and Hydra stops the sweep. At the end of the sweep i
 
     outputs/multiruns/<time>/
       0/ 1/ ...           one folder per job (result.json in each)
+      planned.json        every job's overrides, as Hydra's basic sweeper plans them at the start
       summary.csv         job, status, val_loss and every override as its own column
       summary.md          the same as a Markdown table (only the overrides that vary)
+
+A sweep stopped by Ctrl-C or SIGTERM lists the jobs it never ran as `not run` (from
+planned.json); a search sweeper (optuna) chooses its jobs as it goes, so it has no plan.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from tinyllm.io import first_line, write_atomic
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"
+PLANNED_FILE = "planned.json"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
 METRIC = "val/loss"
@@ -79,18 +84,45 @@ def job_result(config: DictConfig, job_return: JobReturn) -> dict:
     }
 
 
+def planned_jobs(config: DictConfig) -> list[dict[str, str]] | None:
+    """Every job's overrides, in Hydra's order, for the basic sweeper (None for any other)."""
+    if not str(config.hydra.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = config.hydra.sweeper.get("params") or {}
+    arguments = [*(f"{k}={v}" for k, v in params.items()), *config.hydra.overrides.task]
+    batches = BasicSweeper.split_arguments(
+        OverridesParser.create().parse_overrides(arguments), None
+    )
+    return [_task_overrides(job) for batch in batches for job in batch]
+
+
 def read_results(sweep_dir: Path) -> list[dict]:
-    """Every job's result.json under `sweep_dir`, best `val/loss` first, failed jobs last."""
+    """Every job's result.json under `sweep_dir` (and a `not run` row for each planned job that
+    has none), best `val/loss` first, failed jobs and jobs not run last."""
     results = []
     for path in Path(sweep_dir).glob(f"**/{RESULT_FILE}"):
         try:
             results.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError):
             continue  # a job being written right now, or damaged: leave it out
-    return sorted(
-        results,
-        key=lambda r: (r.get("val_loss") is None, r.get("val_loss") or 0.0, r.get("job", 0)),
-    )
+    try:
+        planned = json.loads((Path(sweep_dir) / PLANNED_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        planned = []
+    if results:  # a sweep that ran nothing has nothing to summarise
+        ran = {r.get("job") for r in results}
+        results += [
+            {"job": job, "overrides": overrides, "status": "not run", "val_loss": None}
+            for job, overrides in enumerate(planned)
+            if job not in ran
+        ]
+    return sorted(results, key=lambda r: (
+        r.get("val_loss") is None, r.get("status") == "not run", r.get("val_loss") or 0.0,
+        r.get("job", 0),
+    ))  # fmt: skip
 
 
 def _override_keys(results: list[dict], varying_only: bool) -> list[str]:
@@ -246,6 +278,15 @@ def _update_resumed_job(config: DictConfig, job_return: JobReturn) -> None:
 
 class SweepSummary(Callback):
     """Hydra callback: result.json per job, summary.csv/summary.md per sweep (see module doc)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            planned = planned_jobs(config)
+            if planned:
+                data = json.dumps(planned, indent=1, ensure_ascii=False) + "\n"
+                write_atomic(Path(config.hydra.sweep.dir) / PLANNED_FILE, data.encode("utf-8"))
+        except Exception as e:  # noqa: BLE001 - a summary must never break the sweep itself
+            log.debug("no plan of the sweep's jobs: %s", e)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         from hydra.types import RunMode
