@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
-import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 from safetensors.torch import save_model as save_safetensors_model
@@ -27,7 +26,7 @@ from safetensors.torch import save_model as save_safetensors_model
 from tinyllm.generation import MAX_TEMPERATURE, MAX_TOKENS, MAX_TOP_K
 from tinyllm.io import first_line, write_atomic, write_atomic_with
 from tinyllm.model import ModelConfig, Transformer
-from tinyllm.runs import default_log_dir, find_run_config, newest_with
+from tinyllm.runs import default_log_dir, find_run_config, newest_with, read_yaml
 from tinyllm.tokenizer import CharacterTokenizer, Tokenizer, tokenizer_from_state
 
 T = TypeVar("T")
@@ -342,9 +341,8 @@ def _run_lowercases(checkpoint: Path) -> bool:
     there is none or it cannot be read)."""
     config = find_run_config(checkpoint)
     try:
-        data = yaml.safe_load(config.read_text(encoding="utf-8")) if config else None
-        return data["data"]["lowercase"] is True
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, KeyError, TypeError):
+        return read_yaml(config)["data"]["lowercase"] is True if config else False
+    except (KeyError, TypeError):
         return False
 
 

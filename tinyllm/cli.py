@@ -56,6 +56,7 @@ from tinyllm.runs import (
     missing_folders,
     new_run_folder,
     newest_with,
+    read_yaml,
     remove_empty,
     take_back,
 )
@@ -454,7 +455,7 @@ def check_config(argv: list[str]) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     if any(a.startswith("-") for a in argv[1:]):
-        _check_flags(argv)
+        _hydra_arguments(argv)  # a flag Hydra does not know, or without its value: one line
         return
     parser, sweeps = OverridesParser.create(), []
     for override in _overrides(argv):
@@ -487,15 +488,9 @@ def check_config(argv: list[str]) -> None:
         raise ConfigError(error_line(e)) from None
 
 
-def _check_flags(argv: list[str]) -> None:
-    """Hydra's own flags: one ConfigError line for a flag Hydra does not know or one without
-    its value, where Hydra would print its usage block first."""
-    _hydra_arguments(argv)
-
-
 def _hydra_arguments(argv: list[str]):
     """`argv` as Hydra's own parser reads it (its flags, then `.overrides`), or one
-    ConfigError line where Hydra would refuse it."""
+    ConfigError line where Hydra would refuse it (and print its usage block first)."""
     from hydra._internal.utils import get_args_parser
 
     def refuse(message: str):
@@ -668,7 +663,7 @@ def _config_flags(run: Path, flags: list[str]) -> list[str]:
     """`--config-name`/`--config-dir` as the run was started with them, unless given again:
     without them its saved overrides would be composed on another primary config."""
     try:
-        hydra_cfg = _run_yaml(run / ".hydra" / "hydra.yaml")["hydra"]
+        hydra_cfg = read_yaml(run / ".hydra" / "hydra.yaml")["hydra"]
         job, sources = hydra_cfg["job"], hydra_cfg["runtime"]["config_sources"]
     except (KeyError, TypeError):
         return []
@@ -686,16 +681,7 @@ def _trained_precision(run: Path) -> list[str]:
     """`trainer.precision=` as the run trained: `auto` measures the machine again at every
     start, and a resumed run must not switch between bf16 and fp32 half-way."""
     try:
-        precision = _run_yaml(run / RUN_CONFIG)["trainer"]["precision"]
+        precision = read_yaml(run / RUN_CONFIG)["trainer"]["precision"]
     except (KeyError, TypeError):
         return []
     return [f"trainer.precision={precision}"] if isinstance(precision, (str, int)) else []
-
-
-def _run_yaml(path: Path) -> object:
-    """A run's YAML file as data, or None where it is missing or damaged: what resume= takes
-    from it (config name and folder, precision) is then left to the command line."""
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return None

@@ -15,6 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 OUTPUTS_ENV = "TINYLLM_OUTPUTS"
 LOCK_FILE = ".lock"
 RUN_CONFIG = "config.yaml"  # the resolved config train.py writes into each run folder
@@ -63,6 +65,21 @@ def find_run_config(model_path: str | Path) -> Path | None:
         if (candidate / RUN_CONFIG).is_file():
             return (candidate / RUN_CONFIG).resolve()
     return None
+
+
+def read_yaml(path: Path) -> object:
+    """A run's YAML file (config.yaml, .hydra/*.yaml) as data, or None where it is missing or
+    damaged: what a command takes from it is then left to the command line or a default."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+
+
+def is_own_checkpoint(checkpoint: str | Path, run_dir: str | Path) -> bool:
+    """Whether a run continues from a checkpoint of its own folder (resume=), rather than
+    starting anew from another run's (ckpt_path=): a new run trains and scores on its own."""
+    return Path(checkpoint).resolve().is_relative_to(Path(run_dir).resolve())
 
 
 # --- a folder of its own for every run ------------------------------------------------------

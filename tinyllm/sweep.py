@@ -219,7 +219,7 @@ def record_interrupted_job(why: object, score: float | None) -> None:
         "overrides": _task_overrides(hydra.overrides.task),
         "status": "interrupted",
         "val_loss": _score(score),
-        "error": str(why).strip().splitlines()[0] if str(why).strip() else None,
+        "error": first_line(why),
     }
     try:
         _save_result(output_dir, result, Path(hydra.sweep.dir))

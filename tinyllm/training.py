@@ -44,7 +44,7 @@ from tinyllm.config import (
 from tinyllm.data import CharDataModule
 from tinyllm.io import command_name, write_atomic
 from tinyllm.model import ModelConfig
-from tinyllm.runs import RUN_CONFIG, RunLock
+from tinyllm.runs import RUN_CONFIG, RunLock, is_own_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def _train(
         check_continues(checkpoint, cfg.ckpt_path, module.config.to_dict(), tokenizer,
                         module.hparams.optimizer)  # fmt: skip
         step, max_steps = int(checkpoint.get("global_step", 0)), int(cfg.trainer.max_steps)
-        new_run = not Path(cfg.ckpt_path).resolve().is_relative_to(output_dir.resolve())
-        if new_run and 0 < max_steps <= step:  # it would train nothing, and have no best/
+        # a new run from it would train nothing, and have no best/
+        if not is_own_checkpoint(cfg.ckpt_path, output_dir) and 0 < max_steps <= step:
             raise CheckpointError(
                 f"checkpoint {cfg.ckpt_path} is at step {step} and trainer.max_steps={max_steps}: "
                 "a new run from it would train nothing; raise trainer.max_steps"

@@ -12,6 +12,7 @@ import torch
 
 from tinyllm.artifacts import WEIGHTS_FILE, save_artifacts
 from tinyllm.callbacks.sample_text import datamodule_tokenizer
+from tinyllm.runs import is_own_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class BestArtifactsCallback(L.Callback):
         # a new run from another run's checkpoint (ckpt_path=): that run's best score came with
         # the checkpoint, but not its best weights; this run's best/ is scored by its own
         # validations (as ModelCheckpoint, whose folder also changed, starts afresh)
-        if trainer.ckpt_path and not _inside(Path(trainer.ckpt_path), self.dirpath.parent):
+        if trainer.ckpt_path and not is_own_checkpoint(trainer.ckpt_path, self.dirpath.parent):
             self.best_score = None
 
     def on_validation_end(self, trainer, pl_module) -> None:
@@ -99,10 +100,6 @@ class BestArtifactsCallback(L.Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.best_score = state_dict.get("best_score")
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.resolve().is_relative_to(folder.resolve())
 
 
 def best_score(trainer: L.Trainer, monitor: str = "val/loss") -> float | None:

@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         # Ctrl-C ends a reply and stays): the line break ends a reply cut mid-line
         with contextlib.suppress(OSError, ValueError):
             sys.stdout.flush()
-        print(f"\n{command_name('tinyllm-chat', 'chat.py')}: interrupted", file=sys.stderr)
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return silence_stdout()
